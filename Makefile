@@ -1,0 +1,28 @@
+# The two commands of the README. Both do the whole set-up first (idempotent, fast when done).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export OMPI_ALLOW_RUN_AS_ROOT ?= 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
+
+.PHONY: setup demo test test-quick bench clean
+
+setup:
+	bash launch/setup.sh
+
+# the main job: 2-rank synchronized SGD of the 1-D CNN on MNIST-1D, on CPU
+demo: setup
+	$(VENV)/bin/mpirun -np 2 --oversubscribe --bind-to none $(VENV)/bin/ddtrain-train $(ARGS)
+
+# the whole test suite (what CI runs)
+test: setup
+	$(VENV)/bin/pytest -q -ra $(ARGS)
+
+# the quick subset: no multi-process end-to-end runs
+test-quick: setup
+	$(VENV)/bin/pytest -q -ra -m "not slow" $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/overhead.py $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,262 @@
+"""Typed configuration: dataclass schemas (registered in Hydra's ConfigStore), validation and batch math.
+
+Values live in YAML under configs/; these dataclasses give every key its type and a
+one-line doc, so a wrong type fails at composition, before any process group exists.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from ddtrain.errors import UserError
+
+MODELS = ("mlp", "lenet5", "cnn1d", "resnet20", "resnet18", "resnet50", "alexnet")
+DATASETS = ("synthetic", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
+SCHEDULES = ("constant", "cosine", "step")
+LR_SCALING = ("linear", "sqrt", "none")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BACKENDS = ("auto", "nccl", "gloo")
+ENGINES = ("ddp",)
+
+
+@dataclass
+class ModelConfig:
+    """Which network to train. Input shape and number of classes come from the dataset."""
+
+    name: str = "cnn1d"
+    """One of mlp, lenet5, cnn1d, resnet20, resnet18, resnet50, alexnet."""
+    hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])
+    """mlp: widths of the hidden layers."""
+    channels: int = 25
+    """cnn1d: channels of each of its three convolutions."""
+    dropout: float = 0.0
+    """mlp and alexnet: dropout probability before each hidden linear layer."""
+
+
+@dataclass
+class DatasetConfig:
+    """What to train on; every rank holds the dataset in memory and reads only its shard."""
+
+    name: str = "mnist1d"
+    """One of synthetic, mnist1d, mnist, fashion_mnist, cifar10."""
+    root: str = "data"
+    """mnist, fashion_mnist, cifar10: folder holding the dataset's files (never downloaded)."""
+    cache_dir: str = "~/.cache/ddtrain"
+    """mnist1d: where the generated dataset is cached."""
+    num_samples: int = 5000
+    """mnist1d: samples generated in all (80% train, 20% test); synthetic: training samples."""
+    num_test_samples: int = 1000
+    """synthetic: held-out test samples."""
+    shape: List[int] = field(default_factory=lambda: [3, 32, 32])
+    """synthetic: shape of one sample, e.g. [3, 224, 224] or [784]."""
+    num_classes: int = 10
+    """synthetic: number of classes."""
+    val_fraction: float = 0.1
+    """Share of the training set held out for validation (fixed split_seed); test stays held out."""
+    split_seed: int = 0
+    """Seed of the train/validation split and of synthetic data; independent of train.seed."""
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer; its learning rate comes from train.lr and train.lr_scaling."""
+
+    name: str = "sgd"
+    """One of sgd, adam, adamw, lars."""
+    momentum: float = 0.9
+    """sgd and lars: momentum factor."""
+    nesterov: bool = False
+    """sgd: Nesterov momentum."""
+    weight_decay: float = 0.0
+    """L2 penalty (sgd, adam, lars) or decoupled weight decay (adamw)."""
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    """adam and adamw: coefficients of the running averages."""
+    eps: float = 1e-8
+    """adam and adamw: term added to the denominator."""
+    trust_coefficient: float = 0.001
+    """lars: eta, the trust ratio coefficient (You et al. 2017)."""
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule over the run, after an optional gradual warmup."""
+
+    name: str = "cosine"
+    """One of constant, cosine, step."""
+    warmup_epochs: float = 0.0
+    """Linear warmup from the unscaled train.lr to the scaled LR over this many epochs (Goyal et al. 2017)."""
+    min_lr_factor: float = 0.0
+    """cosine: the LR at the end, as a fraction of the peak LR."""
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    """step: points where the LR is multiplied by gamma, as fractions of the run."""
+    gamma: float = 0.1
+    """step: factor applied at each milestone."""
+
+
+@dataclass
+class TrainConfig:
+    """Batch sizes, length of the run, learning rate and numerics."""
+
+    global_batch_size: int = 128
+    """Samples per optimizer step summed over all ranks and accumulation micro-steps."""
+    grad_accum_steps: int = 1
+    """Micro-steps per optimizer step; per-rank batch = global / (world_size x grad_accum_steps)."""
+    epochs: float = 10.0
+    """Length of the run in passes over the training set (used when max_steps is 0)."""
+    max_steps: int = 0
+    """Length of the run in optimizer steps; 0 means use epochs."""
+    lr: float = 0.1
+    """Learning rate at train.base_batch_size; scaled by lr_scaling for other batch sizes."""
+    base_batch_size: int = 128
+    """The global batch size at which train.lr is given."""
+    lr_scaling: str = "linear"
+    """linear | sqrt | none: scale lr by global_batch_size / base_batch_size (or its square root)."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16 (autocast; fp16 also uses a GradScaler)."""
+    grad_clip: float = 0.0
+    """Clip the averaged gradient to this global L2 norm; 0 turns clipping off."""
+    seed: int = 0
+    """Seed of the model initialisation, the data order and dropout."""
+    eval_every: int = 0
+    """Evaluate on the validation set every N steps; 0 means once per epoch."""
+    log_every: int = 50
+    """Reduce and log loss, accuracy, LR and throughput every N steps."""
+    throughput_warmup_steps: int = 10
+    """Steps left out of the throughput figures (start-up, allocator warm-up)."""
+
+
+@dataclass
+class DistConfig:
+    """How ranks talk and how gradients are averaged."""
+
+    backend: str = "auto"
+    """auto | nccl | gloo: auto picks nccl with CUDA, gloo on CPU."""
+    engine: str = "ddp"
+    """ddp: torch DistributedDataParallel."""
+    timeout_s: float = 300.0
+    """Seconds a collective may wait for a peer before the run fails."""
+    bucket_cap_mb: float = 25.0
+    """Size of the gradient buckets that are allreduced while backward runs."""
+
+
+@dataclass
+class CheckpointConfig:
+    """Atomic checkpoints in <run_dir>/checkpoints."""
+
+    every_steps: int = 0
+    """Save every N optimizer steps and at the end; 0 turns checkpoints off."""
+    keep_last: int = 2
+    """How many of the newest checkpoints to keep."""
+    resume: str = "auto"
+    """auto (newest complete checkpoint of this run directory) | never | a checkpoint path."""
+
+
+@dataclass
+class LoggingConfig:
+    """What rank 0 shows and writes besides metrics.jsonl and summary.json."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files under <run_dir>/tb."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+    level: str = "INFO"
+    """Python logging level of the console and train.log."""
+
+
+@dataclass
+class TrainJob:
+    """The whole configuration of ddtrain-train."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (group YAML files extend them)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainJob)
+    for group, node in (("model", ModelConfig), ("dataset", DatasetConfig),
+                        ("optimizer", OptimizerConfig), ("schedule", ScheduleConfig)):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def config_dir() -> Path:
+    """The folder holding train.yaml: packaged with ddtrain, or configs/ of a source checkout."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    if (packaged / "train.yaml").is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def _choice(key: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise UserError(f"{key}={value} is not supported; choose one of: {', '.join(choices)}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise UserError(f"{key}={value} must be positive")
+
+
+def validate(cfg, world_size: int) -> None:
+    """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
+    _choice("model", cfg.model.name, MODELS)
+    _choice("dataset", cfg.dataset.name, DATASETS)
+    _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
+    _choice("schedule", cfg.schedule.name, SCHEDULES)
+    _choice("train.lr_scaling", cfg.train.lr_scaling, LR_SCALING)
+    _choice("train.precision", cfg.train.precision, PRECISIONS)
+    _choice("dist.backend", cfg.dist.backend, BACKENDS)
+    if cfg.dist.engine in ("horovod", "mpi"):
+        raise UserError(f"dist.engine={cfg.dist.engine} is not available in this version; use dist.engine=ddp")
+    _choice("dist.engine", cfg.dist.engine, ENGINES)
+    _positive("train.lr", cfg.train.lr)
+    _positive("train.global_batch_size", cfg.train.global_batch_size)
+    _positive("train.base_batch_size", cfg.train.base_batch_size)
+    _positive("train.grad_accum_steps", cfg.train.grad_accum_steps)
+    _positive("train.log_every", cfg.train.log_every)
+    _positive("dist.timeout_s", cfg.dist.timeout_s)
+    _positive("dist.bucket_cap_mb", cfg.dist.bucket_cap_mb)
+    if cfg.train.max_steps < 0:
+        raise UserError(f"train.max_steps={cfg.train.max_steps} must be positive (or 0 to use train.epochs)")
+    if cfg.train.max_steps == 0:
+        _positive("train.epochs", cfg.train.epochs)
+    if not 0.0 <= cfg.dataset.val_fraction < 1.0:
+        raise UserError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
+    for key in ("train.grad_clip", "train.eval_every", "train.throughput_warmup_steps",
+                "checkpoint.every_steps", "schedule.warmup_epochs"):
+        section, name = key.split(".")
+        if getattr(cfg[section], name) < 0:
+            raise UserError(f"{key}={getattr(cfg[section], name)} must not be negative")
+    _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    per_rank_batch_size(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)
+
+
+def per_rank_batch_size(global_batch_size: int, world_size: int, grad_accum_steps: int) -> int:
+    """Micro-batch of one rank: global / (world_size x accum), which must divide exactly."""
+    parts = world_size * grad_accum_steps
+    if global_batch_size % parts:
+        lo = max(parts, global_batch_size // parts * parts)
+        raise UserError(
+            f"train.global_batch_size={global_batch_size} does not split into {world_size} rank(s) x "
+            f"{grad_accum_steps} accumulation step(s); use a multiple of {parts} (e.g. {lo} or {lo + parts})")
+    return global_batch_size // parts
+
+
+def total_steps(epochs: float, max_steps: int, train_size: int, global_batch_size: int) -> int:
+    """Optimizer steps of the run: max_steps if set, else enough steps to cover epochs x train_size samples."""
+    if max_steps > 0:
+        return max_steps
+    return max(1, math.ceil(epochs * train_size / global_batch_size))

@@ -1,0 +1,31 @@
+"""torch DistributedDataParallel: bucketed allreduce overlapped with the backward pass."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ddtrain.engines.base import Engine
+
+
+class DDPEngine(Engine):
+    """Gradients averaged by DDP's reducer while backward runs; no_sync on accumulation micro-steps."""
+
+    name = "ddp"
+
+    def __init__(self, dist, bucket_cap_mb: float):
+        self.dist = dist
+        self.bucket_cap_mb = bucket_cap_mb
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if not self.dist.active:
+            return model  # one process: nothing to average
+        device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        # gradient_as_bucket_view: gradients live in the allreduce buckets, saving a copy per step
+        return DistributedDataParallel(model, device_ids=device_ids, bucket_cap_mb=self.bucket_cap_mb,
+                                       gradient_as_bucket_view=True)
+
+    def no_sync(self, wrapped: nn.Module):
+        if isinstance(wrapped, DistributedDataParallel):
+            return wrapped.no_sync()
+        return super().no_sync(wrapped)

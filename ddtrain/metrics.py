@@ -1,0 +1,134 @@
+"""Meters that stay on the device, a step timer that does not synchronise, and rank-0 sinks.
+
+Only the sinks here write metric files: metrics.jsonl, TensorBoard events and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+class SumMeter:
+    """Running (loss sum, correct, count) on the device; reduced across ranks only when read."""
+
+    def __init__(self, device: torch.device):
+        self.totals = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch whose mean loss is `loss`; no host synchronisation."""
+        n = labels.numel()
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.totals += torch.stack([loss.double() * n, correct.double(),
+                                    torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
+
+    def reduce(self, dist) -> dict:
+        """Mean loss, accuracy and count over all ranks since the last reduce; resets the meter."""
+        totals = dist.all_reduce_sum(self.totals.clone())
+        loss_sum, correct, count = totals.tolist()
+        self.totals.zero_()
+        if count == 0:
+            return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
+        return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+
+
+class StepTimer:
+    """Durations of individual steps: CUDA events on GPUs (read later, no sync), wall clock on CPUs."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._last = None
+        self._pending: list = []
+        self.durations_s: list[float] = []
+
+    def _now(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def restart(self) -> None:
+        """Start timing from here, discarding the time since the last mark (evaluation, checkpoints)."""
+        self._last = self._now()
+
+    def lap(self, keep: bool = True) -> None:
+        """Mark the end of a step; its duration is kept when `keep` (steady state) is true."""
+        now = self._now()
+        if keep and self._last is not None:
+            self._pending.append((self._last, now))
+        self._last = now
+
+    def collect(self) -> None:
+        """Turn pending marks into seconds (synchronises on the last CUDA event only)."""
+        if not self._pending:
+            return
+        if self.cuda:
+            self._pending[-1][1].synchronize()
+            self.durations_s += [a.elapsed_time(b) / 1000.0 for a, b in self._pending]
+        else:
+            self.durations_s += [b - a for a, b in self._pending]
+        self._pending.clear()
+
+    def median_ms(self) -> float | None:
+        """Median steady-state step time in milliseconds."""
+        self.collect()
+        return statistics.median(self.durations_s) * 1000.0 if self.durations_s else None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak memory of this rank: allocated CUDA memory on GPUs, the process's peak RSS on CPUs."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    import resource
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that readers see either the old file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class MetricsSink:
+    """Rank 0's metric outputs: metrics.jsonl and TensorBoard scalars; a no-op on other ranks."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, config_yaml: str = ""):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if not enabled:
+            return
+        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # line-buffered: readable live
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), flush_secs=10)
+            if config_yaml:
+                self._tb.add_text("config", "```yaml\n" + config_yaml + "\n```", 0)
+
+    def log(self, step: int, values: dict, group: str) -> None:
+        """Record one logged step: a JSON line with the raw values, TensorBoard scalars as group/name."""
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if key not in ("step", "epoch", "split") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{group}/{key}", value, step)
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()

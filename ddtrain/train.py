@@ -1,0 +1,149 @@
+"""ddtrain-train: compose the config, detect the launcher, build the components, fit, summarise.
+
+Runs as one process or unchanged under mpirun, srun and torchrun (rank and world size come
+from the launcher's environment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ddtrain import cli
+from ddtrain.config import config_dir, per_rank_batch_size, register_configs, total_steps, validate
+
+log = logging.getLogger("ddtrain")
+register_configs()
+
+
+def parameter_digest(model) -> str:
+    """SHA-256 of the model's parameters and buffers: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+    return h.hexdigest()
+
+
+def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
+    """Train one model as configured; returns the summary written to summary.json."""
+    import torch
+
+    from ddtrain import dist as ddist
+    from ddtrain.checkpoint import Checkpointer, load
+    from ddtrain.data import load_splits
+    from ddtrain.data.sharding import ShardedBatches
+    from ddtrain.engines import build_engine
+    from ddtrain.env import detect
+    from ddtrain.errors import UserError
+    from ddtrain.metrics import MetricsSink, peak_memory_bytes, write_json_atomic
+    from ddtrain.models import build_model
+    from ddtrain.optim import build_optimizer, build_scheduler, scaled_lr
+    from ddtrain.trainer import LoopSettings, Trainer
+
+    t_start = time.perf_counter()
+    env = detect(os.environ)
+    validate(cfg, env.world_size)
+    d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s)
+    # Hydra resolves ${now:} per process: rank 0's run directory is everyone's
+    run_dir = Path(d.broadcast_object(str(Path(hydra_output_dir).resolve())))
+    cli.setup_logging(run_dir, d.rank, d.world_size, cfg.logging.level)
+    log.info("run directory %s; %d rank(s) via %s; device %s; backend %s", run_dir, d.world_size,
+             env.launcher, d.device, d.backend)
+
+    tc = cfg.train
+    per_rank = per_rank_batch_size(tc.global_batch_size, d.world_size, tc.grad_accum_steps)
+    splits = load_splits(cfg.dataset, d.device)
+    n_train = splits.train_x.shape[0]
+    if n_train < tc.global_batch_size:
+        raise UserError(f"dataset={cfg.dataset.name} has {n_train} training samples, fewer than one global batch "
+                        f"(train.global_batch_size={tc.global_batch_size}); use a smaller batch or a larger dataset")
+    steps = total_steps(tc.epochs, tc.max_steps, n_train, tc.global_batch_size)
+    steps_per_epoch = n_train / tc.global_batch_size
+
+    torch.manual_seed(tc.seed)  # same initial model on every rank (DDP also broadcasts rank 0's)
+    model = build_model(cfg.model, tuple(splits.input_shape), splits.num_classes).to(d.device)
+    engine = build_engine(cfg.dist.engine, d, cfg.dist.bucket_cap_mb)
+    wrapped = engine.wrap(model)
+    lr = scaled_lr(tc.lr, tc.global_batch_size, tc.base_batch_size, tc.lr_scaling)
+    optimizer = build_optimizer(model, cfg.optimizer, lr)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps, steps_per_epoch, warmup_start_factor=tc.lr / lr)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=tc.precision == "fp16")
+
+    config_yaml = OmegaConf.to_yaml(cfg)
+    sink = MetricsSink(run_dir, d.is_main, cfg.logging.tensorboard, config_yaml)
+    checkpointer = Checkpointer(run_dir / "checkpoints", d, cfg.checkpoint.keep_last)
+    settings = LoopSettings(total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every,
+                            eval_every=tc.eval_every, checkpoint_every=cfg.checkpoint.every_steps,
+                            throughput_warmup_steps=tc.throughput_warmup_steps, grad_clip=tc.grad_clip,
+                            precision=tc.precision, progress=cfg.logging.progress)
+    batches = ShardedBatches(splits.train_x, splits.train_y, seed=tc.seed, global_batch_size=tc.global_batch_size,
+                             rank=d.rank, world_size=d.world_size, grad_accum_steps=tc.grad_accum_steps)
+    trainer = Trainer(settings=settings, dist=d, model=wrapped, engine=engine, optimizer=optimizer,
+                      scheduler=scheduler, scaler=scaler, batches=batches, splits=splits, sink=sink,
+                      checkpointer=checkpointer)
+
+    start_step, resumed_from = 0, None
+    resume_path = checkpointer.find_resume(cfg.checkpoint.resume)
+    if resume_path is not None:
+        state = load(resume_path, d.device)
+        if state.get("global_batch_size") != tc.global_batch_size:
+            raise UserError(f"checkpoint {resume_path} was written with train.global_batch_size="
+                            f"{state.get('global_batch_size')}; resume with the same value or checkpoint.resume=never")
+        trainer.load_state_dict(state)
+        checkpointer.restore_rng(state)
+        start_step, resumed_from = int(state["step"]), str(resume_path)
+        log.info("resumed from %s at step %d", resume_path, start_step)
+
+    log.info("training %s on %s: %d steps, global batch %d (%d per rank x %d rank(s) x %d accumulation), lr %.4g",
+             cfg.model.name, cfg.dataset.name, steps, tc.global_batch_size, per_rank, d.world_size,
+             tc.grad_accum_steps, lr)
+    figures = trainer.fit(start_step)
+
+    # distributed: prove the ranks ended with bit-identical models
+    digests = d.all_gather_object(parameter_digest(model))
+    summary = {
+        "world_size": d.world_size, "global_batch_size": tc.global_batch_size, "per_rank_batch_size": per_rank,
+        "grad_accum_steps": tc.grad_accum_steps, **figures, "lr": lr,
+        "wall_s": time.perf_counter() - t_start, "engine": engine.name if d.active else cfg.dist.engine,
+        "backend": d.backend, "device": str(d.device), "precision": tc.precision,
+        "peak_memory_bytes": max(d.all_gather_object(peak_memory_bytes(d.device))),
+        "torch_version": torch.__version__, "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "launcher": env.launcher, "run_dir": str(run_dir), "resumed_from": resumed_from,
+        "parameter_digest": digests[0], "ranks_identical": len(set(digests)) == 1,
+    }
+    if d.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+    sink.close()
+    if not summary["ranks_identical"]:
+        log.error("ranks ended with different parameters: %s", digests)
+    cli.print_summary(summary, run_dir, cfg.logging.tensorboard, d.is_main)
+    d.barrier()
+    ddist.shutdown(d)
+    return summary
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+def hydra_entry(cfg: DictConfig) -> None:
+    """Hydra's task function: run, turning bad input into one line and a non-zero exit."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with cli.user_errors():
+        run(cfg, HydraConfig.get().runtime.output_dir)
+
+
+def main() -> None:
+    """Console script ddtrain-train."""
+    cli.prepare_argv("train")
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
