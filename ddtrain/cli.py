@@ -85,10 +85,10 @@ def prepare_argv(config_name: str) -> None:
         if not any(a.startswith("-") for a in args):  # --help, --cfg, -m: leave those to Hydra
             preflight(config_name, args, env.world_size)
     if env.rank != 0:
-        extra = ["hydra.output_subdir=null"]
-        if not any(a.startswith("hydra.run.dir=") for a in args):
-            extra.append("hydra.run.dir=.")  # rank 0's directory is broadcast once the group exists
-        sys.argv += extra
+        # only rank 0 lets Hydra make the run directory (${now:} differs per process); rank 0's
+        # directory is broadcast to the others once the process group exists
+        sys.argv = [sys.argv[0], *(a for a in args if not a.startswith("hydra.run.dir=")),
+                    "hydra.output_subdir=null", "hydra.run.dir=."]
 
 
 def setup_logging(run_dir: Path, rank: int, world_size: int, level: str = "INFO") -> None:

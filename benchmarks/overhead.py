@@ -1,0 +1,170 @@
+"""Framework-overhead benchmark: ddtrain-train against a minimal hand-written DDP loop (handloop.py).
+
+For each case (MLP 784-1024-1024-10 and LeNet-5 1x28x28 on synthetic data, world sizes 1 and 2 on
+gloo) both programs train the same model on the same data with the same global batch, warm-up
+and number of timed steps. They run alternately in ABBA order (repeat 0: ddtrain, hand; repeat 1:
+hand, ddtrain; ...), so slow drift of a shared machine hits both alike. The figure of merit is
+the median over repeats of the per-pair ratio ddtrain samples/s / hand-loop samples/s (target >= 0.99).
+
+    python benchmarks/overhead.py                   # full: 3 repeats, ~6-8 minutes on 2 cores
+    python benchmarks/overhead.py --quick           # 1 repeat, short runs: a smoke test
+    python benchmarks/overhead.py --repeats 5 --out results.json --cases mlp-1,lenet5-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+# name -> (ddtrain overrides, handloop arguments); timed steps per world size (about 5-8 s each on 2 cores)
+MODELS = {
+    "mlp": (["model=mlp", "model.hidden_sizes=[1024,1024]", "dataset.shape=[784]"],
+            ["--model", "mlp", "--hidden-sizes", "1024,1024", "--shape", "784"]),
+    "lenet5": (["model=lenet5", "dataset.shape=[1,28,28]"],
+               ["--model", "lenet5", "--shape", "1,28,28"]),
+}
+STEPS = {("mlp", 1): 600, ("mlp", 2): 400, ("lenet5", 1): 500, ("lenet5", 2): 500}
+GLOBAL_BATCH, WARMUP, NUM_SAMPLES, NUM_TEST, LR, SEED = 128, 30, 8192, 256, 0.2, 0
+
+
+def executable(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, program: list[str], python: bool) -> list[str]:
+    """One process directly, or torchrun with `world` local ranks on a free port."""
+    if world == 1:
+        return ([sys.executable] if python else []) + program
+    return [executable("torchrun"), "--nproc-per-node", str(world), "--master-addr", "127.0.0.1",
+            "--master-port", str(free_port())] + ([] if python else ["--no-python"]) + program
+
+
+def env_for(world: int) -> dict:
+    """The same thread settings for both programs: each rank gets cores // world intra-op threads."""
+    env = dict(os.environ)
+    cores = len(os.sched_getaffinity(0))
+    threads = str(max(1, cores // world))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONWARNINGS="ignore")
+    env.pop("DDTRAIN_TRACEBACK", None)
+    return env
+
+
+def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
+    run_dir = workdir / f"ddtrain-{tag}"
+    overrides = MODELS[model][0] + [
+        "dataset=synthetic", f"dataset.num_samples={NUM_SAMPLES}", f"dataset.num_test_samples={NUM_TEST}",
+        "dataset.val_fraction=0", f"train.global_batch_size={GLOBAL_BATCH}", f"train.base_batch_size={GLOBAL_BATCH}",
+        f"train.lr={LR}", f"train.seed={SEED}", f"train.max_steps={warmup + steps}",
+        f"train.throughput_warmup_steps={warmup}", "train.log_every=1000000000",
+        "logging.progress=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.resume=never",
+        "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.weight_decay=0", "schedule=constant",
+        f"hydra.run.dir={run_dir}",
+    ]
+    cmd = launch(world, [executable("ddtrain-train")] + overrides, python=False)
+    _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"samples_per_s": summary["samples_per_s"], "step_time_ms_median": summary["step_time_ms_median"],
+            "world_size": summary["world_size"], "final_loss": summary["final_train_loss"]}
+
+
+def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
+    out = workdir / f"hand-{tag}.json"
+    args = MODELS[model][1] + [
+        "--num-samples", str(NUM_SAMPLES), "--num-test-samples", str(NUM_TEST),
+        "--global-batch-size", str(GLOBAL_BATCH), "--warmup-steps", str(warmup), "--steps", str(steps),
+        "--lr", str(LR), "--seed", str(SEED), "--out", str(out)]
+    cmd = launch(world, [str(HERE / "handloop.py")] + args, python=True)
+    _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
+    r = json.loads(out.read_text())
+    return {k: r[k] for k in ("samples_per_s", "step_time_ms_median", "world_size", "final_loss")}
+
+
+def _check(proc: subprocess.CompletedProcess, cmd: list[str]) -> None:
+    if proc.returncode != 0:
+        sys.stderr.write(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}\n"
+                         f"{proc.stderr[-3000:]}\n")
+        sys.exit(1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="ddtrain vs a hand-written DDP loop: throughput ratio")
+    p.add_argument("--quick", action="store_true", help="1 repeat and a quarter of the steps (smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="ABBA repeats per case (default 3; 1 with --quick)")
+    p.add_argument("--cases", default="", help="comma-separated subset, e.g. mlp-1,lenet5-2")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's timed steps")
+    p.add_argument("--out", default=str(HERE / "overhead_results.json"), help="where the table goes as JSON")
+    a = p.parse_args()
+    repeats = a.repeats or (1 if a.quick else 3)
+    scale = a.steps_scale * (0.25 if a.quick else 1.0)
+    warmup = 10 if a.quick else WARMUP
+    wanted = set(filter(None, a.cases.split(",")))
+    cases = [(m, w) for m in MODELS for w in (1, 2) if not wanted or f"{m}-{w}" in wanted]
+
+    rows = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ddtrain-overhead-") as tmp:
+        workdir = Path(tmp)
+        for model, world in cases:
+            steps = max(20, round(STEPS[(model, world)] * scale))
+            pairs = []
+            for r in range(repeats):
+                order = ("ddtrain", "hand") if r % 2 == 0 else ("hand", "ddtrain")
+                got = {}
+                for who in order:
+                    fn = run_ddtrain if who == "ddtrain" else run_hand
+                    got[who] = fn(model, world, steps, warmup, workdir, f"{model}-{world}-{r}")
+                ratio = got["ddtrain"]["samples_per_s"] / got["hand"]["samples_per_s"]
+                pairs.append({"order": list(order), "ddtrain": got["ddtrain"], "hand": got["hand"], "ratio": ratio})
+                print(f"  {model:6s} world {world} repeat {r} ({order[0]} first): ddtrain "
+                      f"{got['ddtrain']['samples_per_s']:8.0f}  hand {got['hand']['samples_per_s']:8.0f}  "
+                      f"ratio {ratio:.3f}", flush=True)
+            ratios = [pp["ratio"] for pp in pairs]
+            rows.append({
+                "case": model, "world_size": world, "global_batch_size": GLOBAL_BATCH, "warmup_steps": warmup,
+                "steps": steps, "repeats": repeats,
+                "ddtrain_samples_per_s": statistics.median(pp["ddtrain"]["samples_per_s"] for pp in pairs),
+                "hand_samples_per_s": statistics.median(pp["hand"]["samples_per_s"] for pp in pairs),
+                "ddtrain_step_ms_median": statistics.median(pp["ddtrain"]["step_time_ms_median"] for pp in pairs),
+                "hand_step_ms_median": statistics.median(pp["hand"]["step_time_ms_median"] for pp in pairs),
+                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "pairs": pairs,
+            })
+
+    header = (f"{'case':8s} {'world':>5s} {'ddtrain/s':>10s} {'hand/s':>10s} {'ratio':>6s} {'spread':>13s} "
+              f"{'step ms dd/hand':>16s}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(f"{row['case']:8s} {row['world_size']:5d} {row['ddtrain_samples_per_s']:10.0f} "
+              f"{row['hand_samples_per_s']:10.0f} {row['ratio']:6.3f} "
+              f"{row['ratio_min']:6.3f}-{row['ratio_max']:.3f} "
+              f"{row['ddtrain_step_ms_median']:7.2f}/{row['hand_step_ms_median']:<7.2f}")
+    worst = min(row["ratio"] for row in rows)
+    print(f"worst median ratio {worst:.3f} (target >= 0.99); {time.perf_counter() - t0:.0f} s in all; "
+          f"load average now {os.getloadavg()[0]:.2f}")
+    result = {"target": 0.99, "worst_ratio": worst, "cpu_count": len(os.sched_getaffinity(0)), "rows": rows}
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written {a.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Shared helpers: launch ddtrain for real (one process, env:// ranks, torchrun, mpirun) and read its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+BIN = Path(sys.executable).parent  # the virtualenv's bin: ddtrain-train, mpirun, torchrun
+
+# small, fast defaults for end-to-end runs
+FAST = ["logging.progress=false", "train.log_every=5", "train.throughput_warmup_steps=2"]
+
+
+@dataclass
+class Result:
+    """What a launched job left: exit code, output, and its run directory."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+
+    @property
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def checkpoint(self, step: int) -> dict:
+        return torch.load(self.run_dir / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env() -> dict:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    for key in list(env):  # a test must not inherit a launcher's identity from its own environment
+        if key.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_")) or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(key)
+    return env
+
+
+@pytest.fixture(scope="session")
+def mnist1d_cache(tmp_path_factory) -> Path:
+    """One MNIST-1D cache for the whole session (generated once, about a second)."""
+    return tmp_path_factory.mktemp("ddtrain-cache")
+
+
+@pytest.fixture
+def launch(mnist1d_cache, tmp_path):
+    """launch(overrides, ranks=1, via="env"|"torchrun"|"mpirun", run_dir=None, cwd=None) -> Result."""
+
+    def _launch(overrides, ranks=1, via="env", run_dir=None, cwd=None, timeout=240, extra_env=None):
+        run_dir = Path(run_dir) if run_dir else tmp_path / "run"
+        args = [*FAST, f"dataset.cache_dir={mnist1d_cache}", *overrides]
+        if not any(a.startswith("hydra.run.dir=") for a in args) and run_dir is not None:
+            args.append(f"hydra.run.dir={run_dir}")
+        env = base_env()
+        env.update(extra_env or {})
+        train = str(BIN / "ddtrain-train")
+        if via == "mpirun":
+            cmd = [str(BIN / "mpirun"), "-np", str(ranks), "--oversubscribe", "--bind-to", "none", train, *args]
+        elif via == "torchrun":
+            cmd = [str(BIN / "torchrun"), f"--nproc-per-node={ranks}", f"--master-port={free_port()}",
+                   "--no-python", train, *args]
+        elif ranks == 1:
+            cmd = [train, *args]
+        else:  # env:// ranks started by hand, as any launcher would
+            port = free_port()
+            procs = []
+            for rank in range(ranks):
+                e = dict(env, RANK=str(rank), WORLD_SIZE=str(ranks), LOCAL_RANK=str(rank),
+                         LOCAL_WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                procs.append(subprocess.Popen([train, *args], env=e, cwd=cwd or tmp_path, text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            outs = [p.communicate(timeout=timeout) for p in procs]
+            code = max(abs(p.returncode) for p in procs)
+            return Result(code, "".join(o for o, _ in outs), "".join(e for _, e in outs), run_dir)
+        p = subprocess.run(cmd, env=env, cwd=cwd or tmp_path, text=True, capture_output=True, timeout=timeout)
+        return Result(p.returncode, p.stdout, p.stderr, run_dir)
+
+    return _launch
