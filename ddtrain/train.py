@@ -77,9 +77,13 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
     scheduler = build_scheduler(optimizer, cfg.schedule, steps, steps_per_epoch, warmup_start_factor=tc.lr / lr)
     scaler = torch.amp.GradScaler(d.device.type, enabled=tc.precision == "fp16")
 
-    config_yaml = OmegaConf.to_yaml(cfg)
-    sink = MetricsSink(run_dir, d.is_main, cfg.logging.tensorboard, config_yaml)
     checkpointer = Checkpointer(run_dir / "checkpoints", d, cfg.checkpoint.keep_last)
+    resume_path = checkpointer.find_resume(cfg.checkpoint.resume)
+    state = load(resume_path, d.device) if resume_path is not None else None
+    if state is not None and state.get("global_batch_size") != tc.global_batch_size:
+        raise UserError(f"checkpoint {resume_path} was written with train.global_batch_size="
+                        f"{state.get('global_batch_size')}; resume with the same value or checkpoint.resume=never")
+    sink = MetricsSink(run_dir, d.is_main, cfg.logging.tensorboard, OmegaConf.to_yaml(cfg))
     settings = LoopSettings(total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every,
                             eval_every=tc.eval_every, checkpoint_every=cfg.checkpoint.every_steps,
                             throughput_warmup_steps=tc.throughput_warmup_steps, grad_clip=tc.grad_clip,
@@ -91,12 +95,7 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
                       checkpointer=checkpointer)
 
     start_step, resumed_from = 0, None
-    resume_path = checkpointer.find_resume(cfg.checkpoint.resume)
-    if resume_path is not None:
-        state = load(resume_path, d.device)
-        if state.get("global_batch_size") != tc.global_batch_size:
-            raise UserError(f"checkpoint {resume_path} was written with train.global_batch_size="
-                            f"{state.get('global_batch_size')}; resume with the same value or checkpoint.resume=never")
+    if state is not None:
         trainer.load_state_dict(state)
         checkpointer.restore_rng(state)
         start_step, resumed_from = int(state["step"]), str(resume_path)
