@@ -7,6 +7,7 @@ one-line doc, so a wrong type fails at composition, before any process group exi
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -259,4 +260,5 @@ def total_steps(epochs: float, max_steps: int, train_size: int, global_batch_siz
     """Optimizer steps of the run: max_steps if set, else enough steps to cover epochs x train_size samples."""
     if max_steps > 0:
         return max_steps
-    return max(1, math.ceil(epochs * train_size / global_batch_size))
+    # exact decimal arithmetic: 1.1 epochs of 50000 samples at batch 100 is 550 steps, not 551
+    return max(1, math.ceil(Fraction(repr(float(epochs))) * train_size / global_batch_size))

@@ -163,7 +163,7 @@ MODEL_SETUPS = {
     "lenet5": synthetic("[1,28,28]"),
     "resnet20": synthetic("[3,32,32]"),
     "resnet18": synthetic("[3,32,32]"),
-    "resnet50": synthetic("[3,64,64]"),
+    "resnet50": synthetic("[3,32,32]"),
     "alexnet": synthetic("[3,64,64]"),
 }
 SLOW_MODELS = {"resnet50", "alexnet"}
@@ -218,7 +218,8 @@ def test_every_schedule_trains_2_steps(schedule, warmup_epochs, tmp_path, mnist1
     # 360 training samples / 16 = 22.5 steps per epoch; warmup 0.1 epochs = 2 steps
     lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
            if "lr" in r]
-    assert len(lrs) == 2 and all(lr > 0 for lr in lrs)
+    # the LR logged after step k is the one step k+1 uses (cosine reaches min_lr_factor=0 at the end)
+    assert len(lrs) == 2 and lrs[0] > 0 and lrs[1] >= 0
     if warmup_epochs:
         assert lrs[0] < summary["lr"]  # still warming up after the first step
 
