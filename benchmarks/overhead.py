@@ -119,6 +119,10 @@ def main() -> None:
     wanted = set(filter(None, a.cases.split(",")))
     cases = [(m, w) for m in MODELS for w in (1, 2) if not wanted or f"{m}-{w}" in wanted]
 
+    cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} on {cores} core(s) before starting: other work competes for "
+              "the cores and the ratios will be noisy", flush=True)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ddtrain-overhead-") as tmp:
@@ -133,10 +137,13 @@ def main() -> None:
                     fn = run_ddtrain if who == "ddtrain" else run_hand
                     got[who] = fn(model, world, steps, warmup, workdir, f"{model}-{world}-{r}")
                 ratio = got["ddtrain"]["samples_per_s"] / got["hand"]["samples_per_s"]
-                pairs.append({"order": list(order), "ddtrain": got["ddtrain"], "hand": got["hand"], "ratio": ratio})
+                step_ratio = got["hand"]["step_time_ms_median"] / got["ddtrain"]["step_time_ms_median"]
+                pairs.append({"order": list(order), "ddtrain": got["ddtrain"], "hand": got["hand"], "ratio": ratio,
+                              "step_ratio": step_ratio, "load_average": os.getloadavg()[0]})
                 print(f"  {model:6s} world {world} repeat {r} ({order[0]} first): ddtrain "
                       f"{got['ddtrain']['samples_per_s']:8.0f}  hand {got['hand']['samples_per_s']:8.0f}  "
-                      f"ratio {ratio:.3f}", flush=True)
+                      f"ratio {ratio:.3f}  step-median ratio {step_ratio:.3f}  load {os.getloadavg()[0]:.1f}",
+                      flush=True)
             ratios = [pp["ratio"] for pp in pairs]
             rows.append({
                 "case": model, "world_size": world, "global_batch_size": GLOBAL_BATCH, "warmup_steps": warmup,
@@ -146,22 +153,24 @@ def main() -> None:
                 "ddtrain_step_ms_median": statistics.median(pp["ddtrain"]["step_time_ms_median"] for pp in pairs),
                 "hand_step_ms_median": statistics.median(pp["hand"]["step_time_ms_median"] for pp in pairs),
                 "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "step_ratio": statistics.median(pp["step_ratio"] for pp in pairs),
                 "pairs": pairs,
             })
 
     header = (f"{'case':8s} {'world':>5s} {'ddtrain/s':>10s} {'hand/s':>10s} {'ratio':>6s} {'spread':>13s} "
-              f"{'step ms dd/hand':>16s}")
+              f"{'step ms dd/hand':>16s} {'step ratio':>10s}")
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['case']:8s} {row['world_size']:5d} {row['ddtrain_samples_per_s']:10.0f} "
               f"{row['hand_samples_per_s']:10.0f} {row['ratio']:6.3f} "
               f"{row['ratio_min']:6.3f}-{row['ratio_max']:.3f} "
-              f"{row['ddtrain_step_ms_median']:7.2f}/{row['hand_step_ms_median']:<7.2f}")
+              f"{row['ddtrain_step_ms_median']:8.2f}/{row['hand_step_ms_median']:<7.2f} {row['step_ratio']:10.3f}")
     worst = min(row["ratio"] for row in rows)
     print(f"worst median ratio {worst:.3f} (target >= 0.99); {time.perf_counter() - t0:.0f} s in all; "
           f"load average now {os.getloadavg()[0]:.2f}")
-    result = {"target": 0.99, "worst_ratio": worst, "cpu_count": len(os.sched_getaffinity(0)), "rows": rows}
+    result = {"target": 0.99, "worst_ratio": worst, "cpu_count": cores, "load_average_at_start": load,
+              "rows": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {a.out}")
 

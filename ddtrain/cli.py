@@ -41,25 +41,31 @@ def _first_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def preflight(config_name: str, overrides: list[str], world_size: int) -> None:
-    """Compose the config as Hydra will and validate it, so bad input fails as one line before any rank starts work."""
-    from hydra import compose, initialize_config_dir
+def compose(config_name: str, overrides: list[str]):
+    """The config Hydra would compose for these overrides (hydra.* ones aside); bad input exits with one line."""
+    from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from ddtrain.config import config_dir, register_configs, validate
+    from ddtrain.config import config_dir, register_configs
 
     register_configs()
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"ddtrain-{config_name}"):
-            cfg = compose(config_name, overrides=user)
+            return hydra_compose(config_name, overrides=user)
     except Exception as exc:  # Hydra/OmegaConf composition errors: unknown option, wrong type, bad key
         if _want_traceback():
             raise
         fail(_describe_compose_error(exc, user))
     finally:
         GlobalHydra.instance().clear()
-    validate(cfg, world_size)
+
+
+def preflight(config_name: str, overrides: list[str], world_size: int) -> None:
+    """Compose the config as Hydra will and validate it, so bad input fails as one line before any rank starts work."""
+    from ddtrain.config import validate
+
+    validate(compose(config_name, overrides), world_size)
 
 
 def _describe_compose_error(exc: Exception, overrides: list[str]) -> str:

@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 SCHEDULES = ("constant", "cosine", "step")
 LR_SCALING = ("linear", "sqrt", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
+PLACEMENTS = ("auto", "device", "host")
 BACKENDS = ("auto", "nccl", "gloo")
 ENGINES = ("ddp",)
 
@@ -62,6 +63,12 @@ class DatasetConfig:
     """Share of the training set held out for validation (fixed split_seed); test stays held out."""
     split_seed: int = 0
     """Seed of the train/validation split and of synthetic data; independent of train.seed."""
+    placement: str = "auto"
+    """auto | device | host: data on the training device (auto: when it fits in a quarter of free GPU memory) or in (pinned) host memory, batches gathered by DataLoader workers."""
+    num_workers: int = 2
+    """host placement: DataLoader worker processes that gather batches."""
+    prefetch_factor: int = 2
+    """host placement: batches each worker prepares ahead."""
 
 
 @dataclass
@@ -129,7 +136,13 @@ class TrainConfig:
     log_every: int = 50
     """Reduce and log loss, accuracy, LR and throughput every N steps."""
     throughput_warmup_steps: int = 10
-    """Steps left out of the throughput figures (start-up, allocator warm-up)."""
+    """Steps left out of the throughput figures (start-up, allocator warm-up, compilation)."""
+    channels_last: bool = False
+    """Keep 4-D activations in NHWC layout (faster convolutions on tensor cores)."""
+    compile: bool = False
+    """torch.compile the model (after the engine wraps it)."""
+    cudnn_benchmark: bool = True
+    """Let cuDNN time its convolution algorithms on the first steps and keep the fastest."""
 
 
 @dataclass
@@ -220,6 +233,8 @@ def validate(cfg, world_size: int) -> None:
     _choice("train.lr_scaling", cfg.train.lr_scaling, LR_SCALING)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
     _choice("dist.backend", cfg.dist.backend, BACKENDS)
+    _choice("dataset.placement", cfg.dataset.placement, PLACEMENTS)
+    _positive("dataset.prefetch_factor", cfg.dataset.prefetch_factor)
     if cfg.dist.engine in ("horovod", "mpi"):
         raise UserError(f"dist.engine={cfg.dist.engine} is not available in this version; use dist.engine=ddp")
     _choice("dist.engine", cfg.dist.engine, ENGINES)
@@ -236,7 +251,7 @@ def validate(cfg, world_size: int) -> None:
         _positive("train.epochs", cfg.train.epochs)
     if not 0.0 <= cfg.dataset.val_fraction < 1.0:
         raise UserError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
-    for key in ("train.grad_clip", "train.eval_every", "train.throughput_warmup_steps",
+    for key in ("train.grad_clip", "train.eval_every", "train.throughput_warmup_steps", "dataset.num_workers",
                 "checkpoint.every_steps", "schedule.warmup_epochs"):
         section, name = key.split(".")
         if getattr(cfg[section], name) < 0:

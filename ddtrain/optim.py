@@ -151,9 +151,9 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
     ]
 
+    kernels = _kernels(decay + no_decay)
     if name == "sgd":
-        # fused stays off: it is GPU-only in older torch; foreach batches the per-tensor kernels.
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(cfg.nesterov), foreach=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=bool(cfg.nesterov), **kernels)
     if name == "lars":
         _require(cfg.trust_coefficient > 0, "optimizer.trust_coefficient", cfg.trust_coefficient, "> 0")
         groups[0]["lars"], groups[1]["lars"] = True, False
@@ -166,7 +166,14 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     eps = float(cfg.eps)
     _require(eps >= 0, "optimizer.eps", eps, ">= 0")
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-    return cls(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    return cls(groups, lr=lr, betas=betas, eps=eps, **kernels)
+
+
+def _kernels(params: list) -> dict:
+    """fused=True when every parameter is on a GPU (one kernel per step), else foreach (batched kernels)."""
+    if params and all(p.is_cuda for p in params):
+        return {"fused": True}
+    return {"foreach": True}
 
 
 # --------------------------------------------------------------------------- schedule

@@ -25,20 +25,28 @@ register_configs()
 
 def parameter_digest(model) -> str:
     """SHA-256 of the model's parameters and buffers: equal digests mean bit-identical models."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=__import__("torch").uint8).numpy())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return h.hexdigest()
 
 
-def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
-    """Train one model as configured; returns the summary written to summary.json."""
+def run(cfg: DictConfig, hydra_output_dir: str, d=None) -> dict:
+    """Train one model as configured; returns the summary written to summary.json.
+
+    With `d` (a ddtrain.dist.Dist) the existing process group is reused and left open, so one
+    job can run several trainings (benchmarks, sweeps); without it run() sets up and tears down.
+    """
     import torch
 
     from ddtrain import dist as ddist
     from ddtrain.checkpoint import Checkpointer, load
-    from ddtrain.data import load_splits
+    from ddtrain.data.feed import load_placed
+    from ddtrain.hardware import lookup_gpu, peak_flops
+    from ddtrain.models.flops import flops_per_sample
     from ddtrain.data.sharding import ShardedBatches
     from ddtrain.engines import build_engine
     from ddtrain.env import detect
@@ -49,9 +57,14 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
     from ddtrain.trainer import LoopSettings, Trainer
 
     t_start = time.perf_counter()
-    env = detect(os.environ)
-    validate(cfg, env.world_size)
-    d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s)
+    own_group = d is None
+    if own_group:
+        env = detect(os.environ)
+        validate(cfg, env.world_size)
+        d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s)
+    else:
+        validate(cfg, d.world_size)
+    env = d.env
     # Hydra resolves ${now:} per process: rank 0's run directory is everyone's
     run_dir = Path(d.broadcast_object(str(Path(hydra_output_dir).resolve())))
     cli.setup_logging(run_dir, d.rank, d.world_size, cfg.logging.level)
@@ -60,7 +73,7 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
 
     tc = cfg.train
     per_rank = per_rank_batch_size(tc.global_batch_size, d.world_size, tc.grad_accum_steps)
-    splits = load_splits(cfg.dataset, d.device)
+    splits, on_device = load_placed(cfg.dataset, d.device)
     n_train = splits.train_x.shape[0]
     if n_train < tc.global_batch_size:
         raise UserError(f"dataset={cfg.dataset.name} has {n_train} training samples, fewer than one global batch "
@@ -70,8 +83,16 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
 
     torch.manual_seed(tc.seed)  # same initial model on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model, tuple(splits.input_shape), splits.num_classes).to(d.device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark
+    fps = flops_per_sample(model, tuple(splits.input_shape), splits.num_classes, device=d.device)
+    gpu = lookup_gpu(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
     engine = build_engine(cfg.dist.engine, d, cfg.dist.bucket_cap_mb)
     wrapped = engine.wrap(model)
+    if tc.compile:
+        wrapped = torch.compile(wrapped)  # after DDP wraps it, so the compiler sees the bucket boundaries
     lr = scaled_lr(tc.lr, tc.global_batch_size, tc.base_batch_size, tc.lr_scaling)
     optimizer = build_optimizer(model, cfg.optimizer, lr)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps, steps_per_epoch, warmup_start_factor=tc.lr / lr)
@@ -87,7 +108,10 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
     settings = LoopSettings(total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every,
                             eval_every=tc.eval_every, checkpoint_every=cfg.checkpoint.every_steps,
                             throughput_warmup_steps=tc.throughput_warmup_steps, grad_clip=tc.grad_clip,
-                            precision=tc.precision, progress=cfg.logging.progress)
+                            precision=tc.precision, progress=cfg.logging.progress, channels_last=tc.channels_last,
+                            data_on_device=on_device, num_workers=cfg.dataset.num_workers,
+                            prefetch_factor=cfg.dataset.prefetch_factor,
+                            flops_per_sample=fps, peak_flops_per_device=peak_flops(gpu, tc.precision) if gpu else None)
     batches = ShardedBatches(splits.train_x, splits.train_y, seed=tc.seed, global_batch_size=tc.global_batch_size,
                              rank=d.rank, world_size=d.world_size, grad_accum_steps=tc.grad_accum_steps)
     trainer = Trainer(settings=settings, dist=d, model=wrapped, engine=engine, optimizer=optimizer,
@@ -116,6 +140,9 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
         "peak_memory_bytes": max(d.all_gather_object(peak_memory_bytes(d.device))),
         "torch_version": torch.__version__, "model": cfg.model.name, "dataset": cfg.dataset.name,
         "launcher": env.launcher, "run_dir": str(run_dir), "resumed_from": resumed_from,
+        "flops_per_sample": fps, "gpu": gpu.name if gpu else None,
+        "peak_flops_per_device": settings.peak_flops_per_device, "channels_last": tc.channels_last,
+        "compile": tc.compile, "data_on_device": on_device,
         "parameter_digest": digests[0], "ranks_identical": len(set(digests)) == 1,
     }
     if d.is_main:
@@ -125,7 +152,8 @@ def run(cfg: DictConfig, hydra_output_dir: str) -> dict:
         log.error("ranks ended with different parameters: %s", digests)
     cli.print_summary(summary, run_dir, cfg.logging.tensorboard, d.is_main)
     d.barrier()
-    ddist.shutdown(d)
+    if own_group:
+        ddist.shutdown(d)
     return summary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddtrain.data.feed import micro_batches
 from ddtrain.data.sharding import ShardedBatches, eval_shard
 from ddtrain.metrics import MetricsSink, StepTimer, SumMeter
 
@@ -33,6 +35,12 @@ class LoopSettings:
     grad_clip: float
     precision: str
     progress: bool
+    channels_last: bool = False
+    data_on_device: bool = True  # False: host-placed data fed by DataLoader workers
+    num_workers: int = 2
+    prefetch_factor: int = 2
+    flops_per_sample: int | None = None  # forward + backward, for achieved FLOP/s and MFU
+    peak_flops_per_device: float | None = None  # None: unknown device, FLOP/s without MFU
 
 
 class Trainer:
@@ -58,6 +66,8 @@ class Trainer:
         self.timer = StepTimer(self.device)
         self.steady_samples = 0
         self.steady_time_s = 0.0
+        self.steady_rates: list[float] = []  # samples/s of each steady-state interval, for the spread
+        self._feed = iter(())
         self.eval_time_s = 0.0
         self.last_train: dict = {}
         self.last_val: dict = {}
@@ -67,7 +77,7 @@ class Trainer:
         """Forward and backward over the accumulation micro-steps, then one optimizer step."""
         accum = self.s.grad_accum_steps
         for micro in range(accum):
-            x, y = self.batches.get(step, micro)
+            x, y = self._to_model(*next(self._feed))
             # distributed: skip the gradient exchange until the last micro-step
             sync = self.engine.no_sync(self.model) if micro < accum - 1 else contextlib.nullcontext()
             with sync:
@@ -85,6 +95,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
+    def _to_model(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch on the device, in the memory layout the model runs in."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.s.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def utilization(self, samples_per_s: float | None) -> dict:
+        """Achieved FLOP/s over all ranks and MFU per device at a given throughput."""
+        fps, peak = self.s.flops_per_sample, self.s.peak_flops_per_device
+        if not fps or not samples_per_s:
+            return {}
+        achieved = fps * samples_per_s
+        out = {"achieved_tflops": achieved / 1e12}
+        if peak:
+            out["mfu"] = achieved / self.dist.world_size / peak
+        return out
+
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -96,7 +124,7 @@ class Trainer:
         shard = eval_shard(len(x), self.dist.rank, self.dist.world_size)
         batch = max(self.batches.per_rank_batch_size, 256)
         for start in range(shard.start, shard.stop, batch):
-            xb, yb = x[start:min(start + batch, shard.stop)], y[start:min(start + batch, shard.stop)]
+            xb, yb = self._to_model(x[start:min(start + batch, shard.stop)], y[start:min(start + batch, shard.stop)])
             with self.autocast():
                 logits = model(xb)
             meter.add(F.cross_entropy(logits.float(), yb), logits, yb)
@@ -117,6 +145,9 @@ class Trainer:
         bar = tqdm(total=s.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                    disable=not (self.dist.is_main and s.progress))
         self.model.train()
+        self._feed = micro_batches(self.batches, start_step, s.total_steps, self.device,
+                                   use_loader=not s.data_on_device, num_workers=s.num_workers,
+                                   prefetch_factor=s.prefetch_factor)
         interval_start, interval_step = time.perf_counter(), start_step
         self.timer.restart()
         for step in range(start_step, s.total_steps):
@@ -140,11 +171,13 @@ class Trainer:
             if interval_step >= start_step + s.throughput_warmup_steps:
                 self.steady_samples += steps * self.batches.global_batch_size
                 self.steady_time_s += now - interval_start
+                self.steady_rates.append(samples_per_s)
             if train["count"]:
                 self.last_train = train
                 record = {"epoch": round(self.batches.epoch_at(done), 4), "loss": train["loss"],
                           "accuracy": train["accuracy"], "lr": self.optimizer.param_groups[0]["lr"],
-                          "samples_per_s": samples_per_s, "step_time_ms": 1000 * (now - interval_start) / steps}
+                          "samples_per_s": samples_per_s, "step_time_ms": 1000 * (now - interval_start) / steps,
+                          **self.utilization(samples_per_s)}
                 self.sink.log(done, record, "train")
                 bar.set_postfix(loss=f"{train['loss']:.4f}", acc=f"{train['accuracy']:.3f}",
                                 samples_s=f"{samples_per_s:,.0f}", refresh=False)
@@ -178,10 +211,14 @@ class Trainer:
         if val:
             self.sink.log(step, {"loss": val["loss"], "accuracy": val["accuracy"]}, "val")
         self.sink.log(step, {"loss": test["loss"], "accuracy": test["accuracy"]}, "test")
+        samples_per_s = self.steady_samples / self.steady_time_s if self.steady_time_s else None
         return {
             "steps": step,
             "epochs": round(self.batches.epoch_at(step), 4),
-            "samples_per_s": self.steady_samples / self.steady_time_s if self.steady_time_s else None,
+            "samples_per_s": samples_per_s,
+            "samples_per_s_std": statistics.pstdev(self.steady_rates) if len(self.steady_rates) > 1 else None,
+            "steady_intervals": len(self.steady_rates),
+            **self.utilization(samples_per_s),
             "step_time_ms_median": self.timer.median_ms(),
             "final_train_loss": self.last_train.get("loss"),
             "final_train_accuracy": self.last_train.get("accuracy"),

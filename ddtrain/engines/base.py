@@ -25,5 +25,6 @@ class Engine:
 
     @staticmethod
     def unwrap(wrapped: nn.Module) -> nn.Module:
-        """The user's model inside whatever wrapper the engine added."""
+        """The user's model inside whatever wrappers were added (torch.compile, then the engine's)."""
+        wrapped = getattr(wrapped, "_orig_mod", wrapped)
         return getattr(wrapped, "module", wrapped)

@@ -26,6 +26,7 @@ class DDPEngine(Engine):
                                        gradient_as_bucket_view=True)
 
     def no_sync(self, wrapped: nn.Module):
-        if isinstance(wrapped, DistributedDataParallel):
-            return wrapped.no_sync()
+        inner = getattr(wrapped, "_orig_mod", wrapped)  # torch.compile wraps the DDP module
+        if isinstance(inner, DistributedDataParallel):
+            return inner.no_sync()
         return super().no_sync(wrapped)

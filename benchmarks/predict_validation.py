@@ -1,0 +1,228 @@
+"""Validate the scaling predictor (ddtrain/predict.py) against what this machine can measure: 2 and 4 CPU ranks on gloo.
+
+For each model (MLP 784-1024-1024-10 and LeNet-5 on synthetic data, per-rank batch 64) and each rank count n:
+
+1. compute: ddtrain-train as ONE process with OMP_NUM_THREADS = the thread count each of the n ranks gets
+   (cores // n, at least 1, as ddtrain.dist.limit_cpu_threads gives them); its step_time_ms_median.
+2. link: gloo's allreduce under torchrun with n ranks (same thread count): the median time of a one-float
+   allreduce gives alpha = t_tiny / (2(n-1)); the median time of an allreduce of the model's gradient size S
+   gives the bandwidth B = 2(n-1)/n x S / (t_S - 2(n-1) alpha). That is the ring model fitted at two points.
+3. prediction: predict_step_time(compute x contention, n, S, B, alpha, overlap=0), where
+   contention = max(1, n x threads / cores): ranks that need more threads than there are cores take turns,
+   so 4 single-threaded ranks on 2 cores compute at half speed. overlap = 0 because every core is busy
+   computing during backward: gloo's reduction and copies cannot run beside it for free.
+4. measurement: torchrun --nproc-per-node n ddtrain-train at the same per-rank batch; its step_time_ms_median.
+
+Prints model, ranks, predicted ms, measured ms, error %, and with --out writes the rows as JSON. About 2 minutes
+on 2 cores. Runs share the machine with whatever else runs: the load average is printed before and after.
+
+    python benchmarks/predict_validation.py
+    python benchmarks/predict_validation.py --models mlp --ranks 2 --out /tmp/pv.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# name -> ddtrain-train overrides (model and sample shape)
+MODELS = {
+    "mlp": ["model=mlp", "model.hidden_sizes=[1024,1024]", "dataset.shape=[784]"],
+    "lenet5": ["model=lenet5", "dataset.shape=[1,28,28]"],
+}
+PER_RANK_BATCH, STEPS, WARMUP = 64, 60, 10
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def rank_threads(n: int) -> int:
+    """Intra-op threads each of n ranks on this machine gets (cores // n, at least one)."""
+    return max(1, cores() // n)
+
+
+def contention(n: int, threads: int) -> float:
+    """Compute slow-down of n ranks x threads on the cores: max(1, n x threads / cores)."""
+    return max(1.0, n * threads / cores())
+
+
+def _exe(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(threads: int) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    for key in list(env):  # never inherit a launcher's identity
+        if key.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_")) or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(key)
+    return env
+
+
+def _torchrun(n: int) -> list[str]:
+    return [_exe("torchrun"), "--nproc-per-node", str(n), "--master-addr", "127.0.0.1",
+            "--master-port", str(_free_port())]
+
+
+def _check(proc: subprocess.CompletedProcess, cmd: list[str]) -> None:
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}\n"
+                           f"{proc.stderr[-2000:]}")
+
+
+def gradient_size(model: str) -> int:
+    """Gradient bytes of the case's model (fp32), built as ddtrain-train builds it."""
+    from omegaconf import OmegaConf
+
+    from ddtrain.config import ModelConfig
+    from ddtrain.models import build_model
+    from ddtrain.predict import gradient_bytes
+
+    kv = dict(o.split("=", 1) for o in MODELS[model])
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"name": kv["model"]})
+    if "model.hidden_sizes" in kv:
+        cfg.hidden_sizes = json.loads(kv["model.hidden_sizes"])
+    return gradient_bytes(build_model(cfg, json.loads(kv["dataset.shape"]), 10))
+
+
+def train_step_ms(model: str, world: int, threads: int, workdir: Path, steps: int = STEPS,
+                  warmup: int = WARMUP, per_rank_batch: int = PER_RANK_BATCH) -> float:
+    """step_time_ms_median of ddtrain-train with `world` ranks (one process if 1) at the per-rank batch."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{model}-{world}-", dir=workdir))
+    overrides = MODELS[model] + [
+        "dataset=synthetic", "dataset.num_samples=4096", "dataset.num_test_samples=256", "dataset.val_fraction=0",
+        f"train.global_batch_size={world * per_rank_batch}", f"train.base_batch_size={world * per_rank_batch}",
+        f"train.max_steps={warmup + steps}", f"train.throughput_warmup_steps={warmup}",
+        "train.log_every=1000000000", "logging.progress=false", "logging.tensorboard=false",
+        "checkpoint.resume=never", "schedule=constant", f"hydra.run.dir={run_dir}"]
+    cmd = ([] if world == 1 else _torchrun(world) + ["--no-python"]) + [_exe("ddtrain-train")] + overrides
+    _check(subprocess.run(cmd, env=_env(threads), cwd=workdir, capture_output=True, text=True), cmd)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == world and summary["per_rank_batch_size"] == per_rank_batch, summary
+    return float(summary["step_time_ms_median"])
+
+
+def measure_link(n: int, size_bytes: int, threads: int, workdir: Path) -> dict:
+    """Fit gloo's ring model on n local ranks: alpha from a one-float allreduce, bandwidth from one of size_bytes."""
+    out = workdir / f"link-{n}-{size_bytes}.json"
+    cmd = _torchrun(n) + [str(Path(__file__).resolve()), "--allreduce-worker", str(size_bytes), str(out)]
+    _check(subprocess.run(cmd, env=_env(threads), cwd=workdir, capture_output=True, text=True), cmd)
+    t = json.loads(out.read_text())
+    alpha = t["tiny_s"] / (2 * (n - 1))
+    # guard: a large allreduce never takes less than its latency part
+    bandwidth = 2 * (n - 1) / n * size_bytes / max(t["large_s"] - 2 * (n - 1) * alpha, 1e-9)
+    return {"alpha_s": alpha, "bandwidth": bandwidth, **t}
+
+
+def _allreduce_worker(size_bytes: int, out: str) -> None:
+    # runs under torchrun: median allreduce times of a one-float tensor and of a size_bytes tensor
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    tiny, large = torch.ones(1), torch.ones(max(1, size_bytes // 4))
+
+    def median_s(t, reps: int) -> float:
+        for _ in range(3):  # warm-up: connections, allocations
+            dist.all_reduce(t)
+        times = []
+        for _ in range(reps):
+            dist.barrier()  # start together, as the ranks do after a synchronised backward
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            times.append(time.perf_counter() - t0)
+        slowest = torch.tensor([statistics.median(times)])
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # a step waits for the slowest rank
+        return slowest.item()
+
+    result = {"tiny_s": median_s(tiny, 200), "large_s": median_s(large, 30)}
+    if dist.get_rank() == 0:
+        Path(out).write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def validate(model: str, n: int, workdir: Path, compute_cache: dict | None = None) -> dict:
+    """Measure compute and link, predict the n-rank step time, measure it; one row of the table."""
+    from ddtrain.predict import predict_step_time
+
+    threads = rank_threads(n)
+    cache = compute_cache if compute_cache is not None else {}
+    if (model, threads) not in cache:
+        cache[(model, threads)] = train_step_ms(model, 1, threads, workdir)
+    compute_ms = cache[(model, threads)]
+    factor = contention(n, threads)
+    size = gradient_size(model)
+    link = measure_link(n, size, threads, workdir)
+    predicted_s = predict_step_time(compute_ms * factor / 1e3, n, size, link["bandwidth"], link["alpha_s"])
+    measured_ms = train_step_ms(model, n, threads, workdir)
+    predicted_ms = 1e3 * predicted_s
+    return {"model": model, "ranks": n, "threads_per_rank": threads, "cores": cores(), "grad_bytes": size,
+            "compute_1proc_ms": compute_ms, "contention": factor, "alpha_us": 1e6 * link["alpha_s"],
+            "bandwidth_gb_s": link["bandwidth"] / 1e9, "allreduce_ms": 1e3 * link["large_s"],
+            "predicted_ms": predicted_ms, "measured_ms": measured_ms,
+            "error_pct": 100 * (predicted_ms - measured_ms) / measured_ms}
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The validation table as plain text."""
+    head = (f"{'model':7s} {'ranks':>5s} {'thr':>3s} {'compute ms':>10s} {'x cont':>6s} {'alpha us':>8s} "
+            f"{'GB/s':>6s} {'comm ms':>8s} {'predicted ms':>12s} {'measured ms':>11s} {'error %':>8s}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        comm = r["predicted_ms"] - r["compute_1proc_ms"] * r["contention"]
+        lines.append(f"{r['model']:7s} {r['ranks']:5d} {r['threads_per_rank']:3d} {r['compute_1proc_ms']:10.2f} "
+                     f"{r['contention']:6.2f} {r['alpha_us']:8.1f} {r['bandwidth_gb_s']:6.2f} {comm:8.2f} "
+                     f"{r['predicted_ms']:12.2f} {r['measured_ms']:11.2f} {r['error_pct']:+8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--allreduce-worker":
+        _allreduce_worker(int(sys.argv[2]), sys.argv[3])
+        return
+    p = argparse.ArgumentParser(description="predicted vs measured step time of 2 and 4 gloo CPU ranks")
+    p.add_argument("--models", default="mlp,lenet5", help="comma-separated subset of mlp,lenet5")
+    p.add_argument("--ranks", default="2,4", help="comma-separated rank counts")
+    p.add_argument("--out", help="also write the rows as JSON to this file")
+    a = p.parse_args(argv)
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    print(f"{cores()} core(s), load average {load0:.2f} at start", flush=True)
+    rows, cache = [], {}
+    with tempfile.TemporaryDirectory(prefix="ddtrain-predict-") as tmp:
+        for model in a.models.split(","):
+            for n in (int(v) for v in a.ranks.split(",")):
+                rows.append(validate(model, n, Path(tmp), cache))
+                print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
+    print(format_rows(rows))
+    print(f"{time.perf_counter() - t0:.0f} s; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"cores": cores(), "load_average_at_start": load0, "rows": rows},
+                                          indent=2) + "\n")
+        print(f"written {a.out}")
+
+
+if __name__ == "__main__":
+    main()

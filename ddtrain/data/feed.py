@@ -1,0 +1,107 @@
+"""Where the data lives during training and how micro-batches reach the device.
+
+A dataset that fits stays on the GPU and batches are gathered there (no copies, no workers).
+One that does not stays in pinned host memory; DataLoader workers gather the batches ahead of
+time and each is copied to the GPU without blocking the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ddtrain.data.sharding import ShardedBatches
+
+log = logging.getLogger("ddtrain")
+
+DEVICE_SHARE = 0.25  # auto placement: the dataset may take this share of the free GPU memory
+
+
+def _nbytes(splits) -> int:
+    return sum(t.numel() * t.element_size() for t in (splits.train_x, splits.train_y, splits.val_x,
+                                                      splits.val_y, splits.test_x, splits.test_y))
+
+
+def synthetic_bytes(cfg) -> int:
+    """Memory a synthetic dataset will take (float32 samples, int64 labels), known before generating it."""
+    n = cfg.num_samples + cfg.num_test_samples
+    return n * (4 * math.prod(cfg.shape) + 8)
+
+
+def keep_on_device(placement: str, device: torch.device, nbytes: int) -> bool:
+    """Whether the dataset should live on the training device."""
+    if placement in ("device", "host"):
+        return placement == "device"
+    if device.type != "cuda":
+        return True  # on CPU the "device" is host memory already
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_SHARE * free
+
+
+def load_placed(cfg, device: torch.device):
+    """Load the dataset where it will be trained from: (splits, True) on the device, (splits, False) on the host."""
+    from ddtrain.data import load_splits
+
+    if cfg.placement == "device" or (cfg.placement == "auto" and device.type != "cuda"):
+        return load_splits(cfg, device), True
+    if cfg.name == "synthetic" and cfg.placement == "auto":  # its size is known before generating it
+        if keep_on_device("auto", device, synthetic_bytes(cfg)):
+            return load_splits(cfg, device), True
+    splits = load_splits(cfg, torch.device("cpu"))
+    on_device = keep_on_device(cfg.placement, device, _nbytes(splits))
+    return place(splits, device, on_device), on_device
+
+
+def place(splits, device: torch.device, on_device: bool):
+    """The splits moved to the device, or kept on the host in pinned memory for asynchronous copies."""
+    fields = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+    if on_device:
+        moved = {f: getattr(splits, f).to(device) for f in fields}
+    elif device.type == "cuda":
+        moved = {f: getattr(splits, f).cpu().pin_memory() for f in fields}
+    else:
+        return splits
+    log.info("dataset kept %s (%.1f MiB)", "on the device" if on_device else "in pinned host memory",
+             _nbytes(splits) / 2**20)
+    return dataclasses.replace(splits, **moved)
+
+
+class _MicroBatchDataset(Dataset):
+    """Item i is micro-batch i of this rank (step i // accum, micro-step i % accum), gathered on the host."""
+
+    def __init__(self, batches: ShardedBatches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, i: int):
+        step, micro = divmod(i, self.batches.grad_accum_steps)
+        return self.batches.get(step, micro)
+
+
+def micro_batches(batches: ShardedBatches, start_step: int, total_steps: int, device: torch.device,
+                  use_loader: bool = False, num_workers: int = 2,
+                  prefetch_factor: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's micro-batches from start_step to total_steps, in order, on `device`.
+
+    Without a loader they are gathered where the data lives; with one, DataLoader workers gather
+    them on the host ahead of time (pinned for CUDA) and each is copied without blocking.
+    """
+    accum = batches.grad_accum_steps
+    if not use_loader:
+        for step in range(start_step, total_steps):
+            for micro in range(accum):
+                yield batches.get(step, micro)
+        return
+    loader = DataLoader(_MicroBatchDataset(batches), batch_size=None,
+                        sampler=range(start_step * accum, total_steps * accum), num_workers=num_workers,
+                        pin_memory=device.type == "cuda",
+                        prefetch_factor=prefetch_factor if num_workers > 0 else None)
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

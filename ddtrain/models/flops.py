@@ -1,0 +1,73 @@
+"""Training FLOPs per sample (counted by torch's FlopCounterMode) and model FLOP utilisation (MFU).
+
+FlopCounterMode counts only matrix products and convolutions (mm, addmm, bmm, convolution and its
+backward, attention kernels), at 2 FLOPs per multiply-add. Element-wise work (activations, BatchNorm,
+bias gradients, the loss, the optimizer) is not counted; it is small next to the matmuls and is not what
+the tensor-core peaks measure, which is the usual MFU convention.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddtrain.errors import UserError
+from ddtrain.hardware import GPUSpec, peak_flops
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP and torch.compile wrappers hold the real module; their deepcopy is unsupported or costly
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def flops_per_sample(model: nn.Module, input_shape: Sequence[int], num_classes: int, batch: int = 2,
+                     device=None) -> int:
+    """FLOPs of one training step's forward + backward (cross-entropy loss) per sample, leaving model untouched."""
+    if batch < 1:
+        raise UserError(f"batch={batch} must be positive to count FLOPs")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    # a copy, not the model: the forward updates BatchNorm running stats and backward fills .grad
+    work = copy.deepcopy(_unwrap(model)).to(device)
+    work.train()  # count the training-mode graph (BatchNorm on batch statistics, dropout on)
+    work.zero_grad(set_to_none=True)  # gradients copied from the model would only be accumulated into
+    # zeros, not random data: FLOPs depend on shapes only, and drawing would shift the training RNG stream
+    x = torch.zeros(batch, *(int(d) for d in input_shape), device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device).clamp_(max=max(int(num_classes) - 1, 0))
+    # dropout draws from the global RNG; fork it so the caller's seeded stream is unchanged
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), FlopCounterMode(display=False) as counter:
+        loss = F.cross_entropy(work(x), y)
+        loss.backward()
+    # input does not require grad, as in training: the first layer's grad w.r.t. its input is not computed
+    return int(round(counter.get_total_flops() / batch))
+
+
+def utilization(flops_per_sample: int, samples_per_s: float, world_size: int, spec: Optional[GPUSpec],
+                precision: str) -> dict:
+    """Achieved FLOP/s (total and per device) from global samples/s, and MFU against spec's dense peak."""
+    if world_size < 1:
+        raise UserError(f"world_size={world_size} must be positive")
+    achieved = float(flops_per_sample) * float(samples_per_s)  # samples_per_s is summed over all ranks
+    per_device = achieved / world_size
+    peak = peak_flops(spec, precision)
+    return {
+        "flops_per_sample": int(flops_per_sample),
+        "achieved_flops": achieved,
+        "achieved_flops_per_device": per_device,
+        "peak_flops_per_device": peak,
+        "mfu": per_device / peak if peak else None,
+    }
+
+
+__all__ = ["flops_per_sample", "utilization"]

@@ -1,0 +1,208 @@
+"""Scaling predictor: step time and efficiency of data-parallel training on 1..N devices.
+
+Cost model (ring allreduce, Patarasuk & Yuan 2009; Thakur et al. 2005): averaging S gradient bytes
+over n ranks whose links carry B bytes/s per direction with a per-step latency alpha takes
+
+    t_comm(n) = 2(n-1)/n * S/B + 2(n-1) * alpha        (0 for n = 1)
+
+(n-1 reduce-scatter steps then n-1 all-gather steps, each moving S/n bytes). A step is
+
+    t_step = t_compute + (1 - overlap) * t_comm
+
+where overlap in [0, 1] is the fraction of the allreduce hidden behind the backward pass (DDP's
+bucketed allreduce). The default 0 assumes nothing is hidden: a conservative upper bound on the step
+time; pass the figure measured by the overlap benchmark when there is one.
+
+    python -m ddtrain.predict --step-time-ms 120 --batch 64 --grad-bytes 102e6 --interconnect nvlink3
+    python -m ddtrain.predict --model resnet50 --input-shape 3,224,224 --device "A100 SXM4 80GB" --interconnect ib-hdr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence, Tuple, Union
+
+from ddtrain.errors import UserError
+
+ComputeModel = Union[Callable[[int], float], Tuple[int, float]]
+
+
+def ring_allreduce_time(n: int, size_bytes: float, bandwidth: float, latency: float) -> float:
+    """Seconds for a ring allreduce of size_bytes over n ranks: 2(n-1)/n * S/B + 2(n-1) * alpha."""
+    if n < 1:
+        raise UserError(f"number of devices {n} must be positive")
+    if n == 1:
+        return 0.0  # one device: nothing to average
+    if bandwidth <= 0 or latency < 0 or size_bytes < 0:
+        raise UserError(f"need bandwidth > 0, latency >= 0 and size >= 0 (got {bandwidth}, {latency}, {size_bytes})")
+    return 2 * (n - 1) / n * size_bytes / bandwidth + 2 * (n - 1) * latency
+
+
+def predict_step_time(compute_s: float, n: int, grad_bytes: float, bandwidth: float, latency: float,
+                      overlap: float = 0.0) -> float:
+    """Seconds per step: compute + (1 - overlap) x allreduce; overlap = fraction of communication hidden (0 = none)."""
+    if not 0.0 <= overlap <= 1.0:
+        raise UserError(f"overlap={overlap} must be in [0, 1] (the fraction of the allreduce hidden behind backward)")
+    return compute_s + (1.0 - overlap) * ring_allreduce_time(n, grad_bytes, bandwidth, latency)
+
+
+def _compute_fn(compute: ComputeModel) -> Callable[[int], float]:
+    if callable(compute):
+        return compute
+    base_batch, base_s = compute
+    # linear in the batch: right for large batches, optimistic for small ones (fixed per-step costs)
+    return lambda batch: base_s * batch / base_batch
+
+
+def scaling_table(compute: ComputeModel, gpus: Sequence[int], per_device_batches: Sequence[int], grad_bytes: float,
+                  bandwidth: float, latency: float, overlap: float = 0.0) -> list[dict]:
+    """Rows {gpus, per_device_batch, global_batch, compute_s, comm_s, step_s, samples_per_s, efficiency}.
+
+    compute is a function per-device batch -> seconds, or (batch, seconds) scaled linearly in the batch.
+    efficiency = samples/s on n devices / (n x samples/s on one) at the same per-device batch (weak scaling).
+    """
+    fn = _compute_fn(compute)
+    rows = []
+    for batch in per_device_batches:
+        compute_s = float(fn(batch))
+        single = batch / predict_step_time(compute_s, 1, grad_bytes, bandwidth, latency, overlap)
+        for n in gpus:
+            comm_s = ring_allreduce_time(n, grad_bytes, bandwidth, latency)
+            step_s = predict_step_time(compute_s, n, grad_bytes, bandwidth, latency, overlap)
+            samples_per_s = n * batch / step_s
+            rows.append({"gpus": n, "per_device_batch": batch, "global_batch": n * batch, "compute_s": compute_s,
+                         "comm_s": comm_s, "step_s": step_s, "samples_per_s": samples_per_s,
+                         "efficiency": samples_per_s / (n * single)})
+    return rows
+
+
+def gradient_bytes(model) -> int:
+    """Bytes of one full gradient: numel x element size of every parameter that requires grad."""
+    # gradients take their parameter's dtype: fp32 under bf16/fp16 autocast, which keeps fp32 weights
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The rows as a plain-text table (milliseconds, samples/s, efficiency in %)."""
+    head = f"{'gpus':>5} {'batch/dev':>9} {'global':>8} {'compute ms':>11} {'comm ms':>9} {'step ms':>9} " \
+           f"{'samples/s':>12} {'efficiency':>10}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['gpus']:5d} {r['per_device_batch']:9d} {r['global_batch']:8d} {1e3 * r['compute_s']:11.3f} "
+                     f"{1e3 * r['comm_s']:9.3f} {1e3 * r['step_s']:9.3f} {r['samples_per_s']:12,.0f} "
+                     f"{100 * r['efficiency']:9.1f}%")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+
+
+def _build(args):
+    from ddtrain.config import ModelConfig
+    from ddtrain.models import build_model
+
+    shape = _ints(args.input_shape)
+    return build_model(ModelConfig(name=args.model), shape, args.num_classes), shape
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """ddtrain-bench predict: print (and optionally write as JSON) the predicted scaling table."""
+    p = argparse.ArgumentParser(prog="ddtrain-bench predict", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="ring allreduce: t = 2(n-1)/n x S/B + 2(n-1) x alpha; "
+                                       "step = compute + (1 - overlap) x t")
+    src = p.add_argument_group("compute time (one of)")
+    src.add_argument("--step-time-ms", type=float, help="measured single-device step time at --batch")
+    src.add_argument("--model", help="model name (ddtrain.models): compute time from its FLOPs at --mfu of the "
+                                     "--device peak; also gives --grad-bytes")
+    p.add_argument("--batch", type=int, default=None, help="per-device batch of --step-time-ms (default: first of --batches)")
+    p.add_argument("--input-shape", default="3,32,32", help="--model: sample shape, e.g. 3,224,224 (default 3,32,32)")
+    p.add_argument("--num-classes", type=int, default=10, help="--model: classes (default 10)")
+    p.add_argument("--device", help="--model: GPU name for the peak FLOP/s, e.g. 'H100 SXM5' (ddtrain.hardware)")
+    p.add_argument("--precision", default="bf16", help="--model: peak FLOP/s of fp32 | tf32 | bf16 | fp16 (default bf16)")
+    p.add_argument("--mfu", type=float, default=0.4, help="--model: assumed model FLOP utilisation (default 0.4)")
+    p.add_argument("--grad-bytes", type=float, help="gradient bytes allreduced per step (default: from --model, fp32)")
+    link = p.add_argument_group("interconnect (one of)")
+    link.add_argument("--interconnect", help="key of ddtrain.hardware.INTERCONNECTS, e.g. nvlink4, pcie4, ib-hdr")
+    link.add_argument("--bandwidth", type=float, help="GB/s per direction (1 GB = 1e9 bytes); needs --latency-us")
+    p.add_argument("--latency-us", type=float, help="per-step latency alpha in microseconds (overrides --interconnect's)")
+    p.add_argument("--overlap", type=float, default=0.0,
+                   help="fraction of the allreduce hidden behind backward, 0..1 (default 0: none hidden, "
+                        "conservative); use the overlap benchmark's figure when you have it")
+    p.add_argument("--gpus", type=int, nargs="+", default=[1, 2, 4, 8], help="device counts (default 1 2 4 8)")
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128, 256],
+                   help="per-device batch sizes (default 32 64 128 256)")
+    p.add_argument("--json", help="also write the rows and assumptions to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        return _run(p, a)
+    except UserError as exc:
+        p.error(str(exc))
+        return 2
+
+
+def _run(p: argparse.ArgumentParser, a) -> int:
+    from ddtrain import hardware
+
+    notes = []
+    if (a.step_time_ms is None) == (a.model is None):
+        p.error("give --step-time-ms (measured) or --model with --device (estimated from FLOPs)")
+    if a.interconnect is None and a.bandwidth is None:
+        p.error("give --interconnect or --bandwidth with --latency-us")
+    if a.interconnect is not None:
+        ic = hardware.lookup_interconnect(a.interconnect)
+        bandwidth = ic.bandwidth if a.bandwidth is None else a.bandwidth * 1e9
+        latency = ic.latency if a.latency_us is None else a.latency_us * 1e-6
+        notes.append(f"interconnect {ic.name}")
+    else:
+        if a.latency_us is None:
+            p.error("--bandwidth needs --latency-us")
+        bandwidth, latency = a.bandwidth * 1e9, a.latency_us * 1e-6
+    notes.append(f"link {bandwidth / 1e9:g} GB/s per direction, alpha {latency * 1e6:g} us per ring step")
+
+    model = shape = None
+    if a.model is not None:
+        model, shape = _build(a)
+    grad_bytes = a.grad_bytes if a.grad_bytes is not None else (gradient_bytes(model) if model is not None else None)
+    if grad_bytes is None:
+        p.error("give --grad-bytes (or --model to derive it)")
+    notes.append(f"gradient {grad_bytes / 1e6:.2f} MB" + (" (fp32, from the model)" if a.grad_bytes is None else ""))
+
+    if a.step_time_ms is not None:
+        compute: ComputeModel = (a.batch or a.batches[0], a.step_time_ms / 1e3)
+        notes.append(f"compute: measured {a.step_time_ms:g} ms at batch {compute[0]}, scaled linearly in the batch")
+    else:
+        if a.device is None:
+            p.error("--model needs --device (a GPU of ddtrain.hardware) for its peak FLOP/s")
+        spec = hardware.lookup_gpu(a.device) or hardware.GPUS.get(a.device)
+        peak = hardware.peak_flops(spec, a.precision)
+        if not peak:
+            p.error(f"no {a.precision} peak for device {a.device!r}; known: {', '.join(hardware.GPUS)}")
+        if not 0 < a.mfu <= 1:
+            p.error(f"--mfu={a.mfu} must be in (0, 1]")
+        from ddtrain.models.flops import flops_per_sample
+
+        fps = flops_per_sample(model, shape, a.num_classes)
+        compute = lambda batch: fps * batch / (peak * a.mfu)  # noqa: E731
+        notes.append(f"compute: ESTIMATED from {fps / 1e9:.3g} GFLOP/sample (fwd+bwd) at an ASSUMED MFU of "
+                     f"{a.mfu:g} x {spec.name} {a.precision} peak {peak / 1e12:g} TFLOP/s")
+    notes.append(f"overlap {a.overlap:g} (fraction of the allreduce hidden behind backward"
+                 + ("; 0 = none: conservative)" if a.overlap == 0 else ")"))
+
+    rows = scaling_table(compute, a.gpus, a.batches, grad_bytes, bandwidth, latency, a.overlap)
+    print("\n".join(f"# {n}" for n in notes))
+    print(format_table(rows))
+    if a.json:
+        out = {"bandwidth": bandwidth, "latency": latency, "grad_bytes": grad_bytes, "overlap": a.overlap,
+               "notes": notes, "rows": rows}
+        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"written {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
