@@ -1,20 +1,28 @@
 """Validate the scaling predictor (ddtrain/predict.py) against what this machine can measure: 2 and 4 CPU ranks on gloo.
 
-For each model (MLP 784-1024-1024-10 and LeNet-5 on synthetic data, per-rank batch 64) and each rank count n:
+For each model (MLP 784-1024-1024-10 and LeNet-5 on synthetic data, per-rank batch 64) and rank count n,
+back to back, every process with the thread count each of the n ranks gets (threads = cores // n, at
+least 1, as ddtrain.dist.limit_cpu_threads gives them):
 
-1. compute: ddtrain-train as ONE process with OMP_NUM_THREADS = the thread count each of the n ranks gets
-   (cores // n, at least 1, as ddtrain.dist.limit_cpu_threads gives them); its step_time_ms_median.
-2. link: gloo's allreduce under torchrun with n ranks (same thread count): the median time of a one-float
-   allreduce gives alpha = t_tiny / (2(n-1)); the median time of an allreduce of the model's gradient size S
-   gives the bandwidth B = 2(n-1)/n x S / (t_S - 2(n-1) alpha). That is the ring model fitted at two points.
-3. prediction: predict_step_time(compute x contention, n, S, B, alpha, overlap=0), where
-   contention = max(1, n x threads / cores): ranks that need more threads than there are cores take turns,
-   so 4 single-threaded ranks on 2 cores compute at half speed. overlap = 0 because every core is busy
-   computing during backward: gloo's reduction and copies cannot run beside it for free.
+1. compute: ddtrain-train as ONE process; its step_time_ms_median ("alone"). And n such one-process runs
+   started together ("co-located"): the slowest one's step_time_ms_median. With n ranks on a few cores the
+   ranks share cores, caches and memory bandwidth (and whatever else the machine runs), so a rank computes
+   slower than a process alone; a single CPU "device" is a share of the machine, and co-location measures
+   that share instead of assuming it.
+2. link: gloo's allreduce under torchrun with n ranks: the median time of a one-float allreduce gives
+   alpha = t_tiny / (2(n-1)); the median time of an allreduce of the model's gradient size S gives the
+   bandwidth B = 2(n-1)/n x S / (t_S - 2(n-1) alpha): the ring model fitted at two points.
+3. prediction: predict_step_time(compute, n, S, B, alpha, overlap=0). overlap = 0 because while a rank
+   computes backward every core is busy: gloo's copies and reductions cannot run beside it for free.
+   Reported two ways: with the co-located compute time (the headline "predicted") and with the alone
+   time x contention factor max(1, n x threads / cores) (ranks needing more threads than there are cores
+   take turns: 4 single-threaded ranks on 2 cores compute at half speed; memory-bandwidth contention
+   and other load are ignored by this factor).
 4. measurement: torchrun --nproc-per-node n ddtrain-train at the same per-rank batch; its step_time_ms_median.
 
-Prints model, ranks, predicted ms, measured ms, error %, and with --out writes the rows as JSON. About 2 minutes
-on 2 cores. Runs share the machine with whatever else runs: the load average is printed before and after.
+Prints model, ranks, the measured inputs, predicted ms, measured ms, error %; with --out writes the rows as
+JSON. About 3 minutes on 2 cores. Timing on a shared machine is only as good as its quiet: the load
+average is printed before and after, and figures taken under other load are not worth comparing.
 
     python benchmarks/predict_validation.py
     python benchmarks/predict_validation.py --models mlp --ranks 2 --out /tmp/pv.json
@@ -44,7 +52,9 @@ MODELS = {
     "mlp": ["model=mlp", "model.hidden_sizes=[1024,1024]", "dataset.shape=[784]"],
     "lenet5": ["model=lenet5", "dataset.shape=[1,28,28]"],
 }
-PER_RANK_BATCH, STEPS, WARMUP = 64, 60, 10
+# long enough that co-located copies, started together, overlap for most of their timed steps (their
+# start-up differs by a fraction of a second) and the per-step median ignores the edges
+PER_RANK_BATCH, STEPS, WARMUP = 64, 200, 20
 
 
 def cores() -> int:
@@ -108,9 +118,8 @@ def gradient_size(model: str) -> int:
     return gradient_bytes(build_model(cfg, json.loads(kv["dataset.shape"]), 10))
 
 
-def train_step_ms(model: str, world: int, threads: int, workdir: Path, steps: int = STEPS,
-                  warmup: int = WARMUP, per_rank_batch: int = PER_RANK_BATCH) -> float:
-    """step_time_ms_median of ddtrain-train with `world` ranks (one process if 1) at the per-rank batch."""
+def _train_cmd(model: str, world: int, workdir: Path, steps: int, warmup: int,
+               per_rank_batch: int) -> tuple[list[str], Path]:
     run_dir = Path(tempfile.mkdtemp(prefix=f"{model}-{world}-", dir=workdir))
     overrides = MODELS[model] + [
         "dataset=synthetic", "dataset.num_samples=4096", "dataset.num_test_samples=256", "dataset.val_fraction=0",
@@ -119,10 +128,37 @@ def train_step_ms(model: str, world: int, threads: int, workdir: Path, steps: in
         "train.log_every=1000000000", "logging.progress=false", "logging.tensorboard=false",
         "checkpoint.resume=never", "schedule=constant", f"hydra.run.dir={run_dir}"]
     cmd = ([] if world == 1 else _torchrun(world) + ["--no-python"]) + [_exe("ddtrain-train")] + overrides
-    _check(subprocess.run(cmd, env=_env(threads), cwd=workdir, capture_output=True, text=True), cmd)
+    return cmd, run_dir
+
+
+def _step_ms(run_dir: Path, world: int, per_rank_batch: int) -> float:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == world and summary["per_rank_batch_size"] == per_rank_batch, summary
     return float(summary["step_time_ms_median"])
+
+
+def train_step_ms(model: str, world: int, threads: int, workdir: Path, steps: int = STEPS,
+                  warmup: int = WARMUP, per_rank_batch: int = PER_RANK_BATCH) -> float:
+    """step_time_ms_median of ddtrain-train with `world` ranks (one process if 1) at the per-rank batch."""
+    cmd, run_dir = _train_cmd(model, world, workdir, steps, warmup, per_rank_batch)
+    _check(subprocess.run(cmd, env=_env(threads), cwd=workdir, capture_output=True, text=True), cmd)
+    return _step_ms(run_dir, world, per_rank_batch)
+
+
+def colocated_step_ms(model: str, copies: int, threads: int, workdir: Path, steps: int = STEPS,
+                      warmup: int = WARMUP, per_rank_batch: int = PER_RANK_BATCH) -> list[float]:
+    """step_time_ms_median of `copies` independent one-process runs started together: compute under co-location."""
+    jobs = []
+    for _ in range(copies):
+        cmd, run_dir = _train_cmd(model, 1, workdir, steps, warmup, per_rank_batch)
+        jobs.append((cmd, run_dir, subprocess.Popen(cmd, env=_env(threads), cwd=workdir, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, text=True)))
+    times = []
+    for cmd, run_dir, proc in jobs:
+        out, err = proc.communicate()
+        _check(subprocess.CompletedProcess(cmd, proc.returncode, out, err), cmd)
+        times.append(_step_ms(run_dir, 1, per_rank_batch))
+    return times
 
 
 def measure_link(n: int, size_bytes: int, threads: int, workdir: Path) -> dict:
@@ -164,38 +200,43 @@ def _allreduce_worker(size_bytes: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def validate(model: str, n: int, workdir: Path, compute_cache: dict | None = None) -> dict:
-    """Measure compute and link, predict the n-rank step time, measure it; one row of the table."""
+def validate(model: str, n: int, workdir: Path, steps: int = STEPS, warmup: int = WARMUP) -> dict:
+    """Measure compute and link, predict the n-rank step time two ways, measure it; one row of the table."""
     from ddtrain.predict import predict_step_time
 
-    threads = rank_threads(n)
-    cache = compute_cache if compute_cache is not None else {}
-    if (model, threads) not in cache:
-        cache[(model, threads)] = train_step_ms(model, 1, threads, workdir)
-    compute_ms = cache[(model, threads)]
-    factor = contention(n, threads)
-    size = gradient_size(model)
+    threads, size = rank_threads(n), gradient_size(model)
+    # the same start-up costs and the same machine load for all: measure back to back
+    alone_ms = train_step_ms(model, 1, threads, workdir, steps, warmup)
+    # a synchronous step waits for the slowest rank: the slowest co-located copy
+    colocated_ms = max(colocated_step_ms(model, n, threads, workdir, steps, warmup))
     link = measure_link(n, size, threads, workdir)
-    predicted_s = predict_step_time(compute_ms * factor / 1e3, n, size, link["bandwidth"], link["alpha_s"])
-    measured_ms = train_step_ms(model, n, threads, workdir)
-    predicted_ms = 1e3 * predicted_s
+    measured_ms = train_step_ms(model, n, threads, workdir, steps, warmup)
+    factor = contention(n, threads)
+    # overlap 0: while a rank computes backward every core is busy, so gloo's work is not hidden
+    comm_ms = 1e3 * predict_step_time(0.0, n, size, link["bandwidth"], link["alpha_s"])
+    predicted_ms = colocated_ms + comm_ms
+    predicted_factor_ms = alone_ms * factor + comm_ms
     return {"model": model, "ranks": n, "threads_per_rank": threads, "cores": cores(), "grad_bytes": size,
-            "compute_1proc_ms": compute_ms, "contention": factor, "alpha_us": 1e6 * link["alpha_s"],
-            "bandwidth_gb_s": link["bandwidth"] / 1e9, "allreduce_ms": 1e3 * link["large_s"],
-            "predicted_ms": predicted_ms, "measured_ms": measured_ms,
-            "error_pct": 100 * (predicted_ms - measured_ms) / measured_ms}
+            "compute_alone_ms": alone_ms, "contention_factor": factor, "compute_colocated_ms": colocated_ms,
+            "alpha_us": 1e6 * link["alpha_s"], "bandwidth_gb_s": link["bandwidth"] / 1e9,
+            "allreduce_tiny_ms": 1e3 * link["tiny_s"], "allreduce_grad_ms": 1e3 * link["large_s"], "comm_ms": comm_ms,
+            "predicted_ms": predicted_ms, "predicted_factor_ms": predicted_factor_ms, "measured_ms": measured_ms,
+            "error_pct": 100 * (predicted_ms - measured_ms) / measured_ms,
+            "error_factor_pct": 100 * (predicted_factor_ms - measured_ms) / measured_ms}
 
 
 def format_rows(rows: list[dict]) -> str:
     """The validation table as plain text."""
-    head = (f"{'model':7s} {'ranks':>5s} {'thr':>3s} {'compute ms':>10s} {'x cont':>6s} {'alpha us':>8s} "
-            f"{'GB/s':>6s} {'comm ms':>8s} {'predicted ms':>12s} {'measured ms':>11s} {'error %':>8s}")
+    head = (f"{'model':7s} {'ranks':>5s} {'thr':>3s} {'alone':>6s} {'xfact':>5s} {'coloc':>6s} {'alpha us':>8s} "
+            f"{'GB/s':>5s} {'comm':>6s} | {'predicted ms':>12s} {'measured ms':>11s} {'error %':>7s} | "
+            f"{'factor pred':>11s} {'error %':>7s}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        comm = r["predicted_ms"] - r["compute_1proc_ms"] * r["contention"]
-        lines.append(f"{r['model']:7s} {r['ranks']:5d} {r['threads_per_rank']:3d} {r['compute_1proc_ms']:10.2f} "
-                     f"{r['contention']:6.2f} {r['alpha_us']:8.1f} {r['bandwidth_gb_s']:6.2f} {comm:8.2f} "
-                     f"{r['predicted_ms']:12.2f} {r['measured_ms']:11.2f} {r['error_pct']:+8.1f}")
+        lines.append(f"{r['model']:7s} {r['ranks']:5d} {r['threads_per_rank']:3d} {r['compute_alone_ms']:6.2f} "
+                     f"{r['contention_factor']:5.2f} {r['compute_colocated_ms']:6.2f} {r['alpha_us']:8.1f} "
+                     f"{r['bandwidth_gb_s']:5.2f} {r['comm_ms']:6.2f} | {r['predicted_ms']:12.2f} "
+                     f"{r['measured_ms']:11.2f} {r['error_pct']:+7.1f} | {r['predicted_factor_ms']:11.2f} "
+                     f"{r['error_factor_pct']:+7.1f}")
     return "\n".join(lines)
 
 
@@ -210,11 +251,11 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     print(f"{cores()} core(s), load average {load0:.2f} at start", flush=True)
-    rows, cache = [], {}
+    rows = []
     with tempfile.TemporaryDirectory(prefix="ddtrain-predict-") as tmp:
         for model in a.models.split(","):
             for n in (int(v) for v in a.ranks.split(",")):
-                rows.append(validate(model, n, Path(tmp), cache))
+                rows.append(validate(model, n, Path(tmp)))
                 print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     print(format_rows(rows))
     print(f"{time.perf_counter() - t0:.0f} s; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now")

@@ -61,11 +61,14 @@ def compose(config_name: str, overrides: list[str]):
         GlobalHydra.instance().clear()
 
 
-def preflight(config_name: str, overrides: list[str], world_size: int) -> None:
+def preflight(config_name: str, overrides: list[str], world_size: int, extra_check=None) -> None:
     """Compose the config as Hydra will and validate it, so bad input fails as one line before any rank starts work."""
     from ddtrain.config import validate
 
-    validate(compose(config_name, overrides), world_size)
+    cfg = compose(config_name, overrides)
+    validate(cfg, world_size)
+    if extra_check is not None:
+        extra_check(cfg, world_size)
 
 
 def _describe_compose_error(exc: Exception, overrides: list[str]) -> str:
@@ -78,10 +81,11 @@ def _describe_compose_error(exc: Exception, overrides: list[str]) -> str:
         options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
         if options:
             return f"{group}={option} is not a known {group}; choose one of: {', '.join(options)}"
-    return f"bad configuration ({', '.join(overrides) or 'defaults'}): {_first_line(exc)}"
+    hint = " (quote a value that contains '=', e.g. 'key=\"a=b\"')" if "mismatched input '='" in text else ""
+    return f"bad configuration ({', '.join(overrides) or 'defaults'}): {_first_line(exc)}{hint}"
 
 
-def prepare_argv(config_name: str) -> None:
+def prepare_argv(config_name: str, extra_check=None) -> None:
     """Check the overrides once per rank, then make Hydra write its output files on rank 0 only."""
     from ddtrain.env import detect
 
@@ -89,7 +93,7 @@ def prepare_argv(config_name: str) -> None:
     with user_errors():
         env = detect(os.environ)
         if not any(a.startswith("-") for a in args):  # --help, --cfg, -m: leave those to Hydra
-            preflight(config_name, args, env.world_size)
+            preflight(config_name, args, env.world_size, extra_check)
     if env.rank != 0:
         # only rank 0 lets Hydra make the run directory (${now:} differs per process); rank 0's
         # directory is broadcast to the others once the process group exists

@@ -132,7 +132,9 @@ class TrainConfig:
     seed: int = 0
     """Seed of the model initialisation, the data order and dropout."""
     eval_every: int = 0
-    """Evaluate on the validation set every N steps; 0 means once per epoch."""
+    """Evaluate on the validation set every N steps; 0 means evals_per_epoch times per epoch."""
+    evals_per_epoch: int = 1
+    """With eval_every 0: validation passes per epoch of samples."""
     log_every: int = 50
     """Reduce and log loss, accuracy, LR and throughput every N steps."""
     throughput_warmup_steps: int = 10
@@ -143,6 +145,14 @@ class TrainConfig:
     """torch.compile the model (after the engine wraps it)."""
     cudnn_benchmark: bool = True
     """Let cuDNN time its convolution algorithms on the first steps and keep the fastest."""
+    throughput_measure_steps: int = 0
+    """Steps after the warm-up that count towards throughput; 0 means all of them."""
+    target_accuracy: float = 0.0
+    """Record the step, epoch and training time at which validation accuracy first reaches this; 0: no target."""
+    time_budget_s: float = 0.0
+    """Stop after this many seconds of training (evaluation excluded); 0: no limit."""
+    noise_scale: bool = False
+    """Measure the gradient noise scale B_simple (McCandlish et al. 2018); cheap, no extra host syncs."""
 
 
 @dataclass
@@ -184,6 +194,32 @@ class LoggingConfig:
 
 
 @dataclass
+class SweepConfig:
+    """ddtrain-sweep: which global batch sizes to train, on what budget, towards which target."""
+
+    batch_sizes: List[int] = field(default_factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096])
+    """Global batch sizes to measure."""
+    seeds: List[int] = field(default_factory=lambda: [0])
+    """train.seed values; each batch size is trained once per seed."""
+    lr_scaling: str = "linear"
+    """linear | sqrt | none: how train.lr (given at train.base_batch_size) scales with each batch size."""
+    budget: str = "epochs=20"
+    """Length of each point: one of epochs=N, steps=N, samples=N, time_s=N."""
+    target_metric: str = "val_accuracy"
+    """The metric that defines reaching the target (val_accuracy)."""
+    target: float = 0.9
+    """Target value of target_metric; time_to_target_s is measured to its first crossing."""
+    warmup_steps: int = 5
+    """Steps of each point left out of the throughput window."""
+    measure_steps: int = 50
+    """Steps after the warm-up that form the throughput window."""
+    auto_accumulate: bool = False
+    """When a per-rank batch does not fit in memory, keep the global batch with more accumulation micro-steps."""
+    evals_per_epoch: int = 4
+    """Validation passes per epoch of samples (the resolution of steps_to_target)."""
+
+
+@dataclass
 class TrainJob:
     """The whole configuration of ddtrain-train."""
 
@@ -195,6 +231,7 @@ class TrainJob:
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
@@ -243,6 +280,7 @@ def validate(cfg, world_size: int) -> None:
     _positive("train.base_batch_size", cfg.train.base_batch_size)
     _positive("train.grad_accum_steps", cfg.train.grad_accum_steps)
     _positive("train.log_every", cfg.train.log_every)
+    _positive("train.evals_per_epoch", cfg.train.evals_per_epoch)
     _positive("dist.timeout_s", cfg.dist.timeout_s)
     _positive("dist.bucket_cap_mb", cfg.dist.bucket_cap_mb)
     if cfg.train.max_steps < 0:
@@ -257,6 +295,10 @@ def validate(cfg, world_size: int) -> None:
         if getattr(cfg[section], name) < 0:
             raise UserError(f"{key}={getattr(cfg[section], name)} must not be negative")
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    if not 0.0 <= cfg.train.target_accuracy <= 1.0:
+        raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} must be in [0, 1]")
+    if cfg.train.time_budget_s < 0 or cfg.train.throughput_measure_steps < 0:
+        raise UserError("train.time_budget_s and train.throughput_measure_steps must not be negative")
     per_rank_batch_size(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)
 
 

@@ -9,3 +9,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class OutOfMemory(RuntimeError):
+    """A batch did not fit in device memory on some rank; every rank raises it together."""

@@ -34,11 +34,13 @@ def parameter_digest(model) -> str:
     return h.hexdigest()
 
 
-def run(cfg: DictConfig, hydra_output_dir: str, d=None) -> dict:
+def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = False) -> dict:
     """Train one model as configured; returns the summary written to summary.json.
 
     With `d` (a ddtrain.dist.Dist) the existing process group is reused and left open, so one
     job can run several trainings (benchmarks, sweeps); without it run() sets up and tears down.
+    With probe_memory, a first forward/backward checks that the batch fits; if it does not on any
+    rank, every rank raises ddtrain.errors.OutOfMemory before anything is written.
     """
     import torch
 
@@ -57,6 +59,8 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None) -> dict:
     from ddtrain.trainer import LoopSettings, Trainer
 
     t_start = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # per run, also when a sweep runs several in one process
     own_group = d is None
     if own_group:
         env = detect(os.environ)
@@ -104,19 +108,24 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None) -> dict:
     if state is not None and state.get("global_batch_size") != tc.global_batch_size:
         raise UserError(f"checkpoint {resume_path} was written with train.global_batch_size="
                         f"{state.get('global_batch_size')}; resume with the same value or checkpoint.resume=never")
-    sink = MetricsSink(run_dir, d.is_main, cfg.logging.tensorboard, OmegaConf.to_yaml(cfg))
     settings = LoopSettings(total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every,
                             eval_every=tc.eval_every, checkpoint_every=cfg.checkpoint.every_steps,
                             throughput_warmup_steps=tc.throughput_warmup_steps, grad_clip=tc.grad_clip,
                             precision=tc.precision, progress=cfg.logging.progress, channels_last=tc.channels_last,
                             data_on_device=on_device, num_workers=cfg.dataset.num_workers,
                             prefetch_factor=cfg.dataset.prefetch_factor,
-                            flops_per_sample=fps, peak_flops_per_device=peak_flops(gpu, tc.precision) if gpu else None)
+                            flops_per_sample=fps, peak_flops_per_device=peak_flops(gpu, tc.precision) if gpu else None,
+                            throughput_measure_steps=tc.throughput_measure_steps, target_accuracy=tc.target_accuracy,
+                            time_budget_s=tc.time_budget_s, noise_scale=tc.noise_scale,
+                            evals_per_epoch=tc.evals_per_epoch)
     batches = ShardedBatches(splits.train_x, splits.train_y, seed=tc.seed, global_batch_size=tc.global_batch_size,
                              rank=d.rank, world_size=d.world_size, grad_accum_steps=tc.grad_accum_steps)
     trainer = Trainer(settings=settings, dist=d, model=wrapped, engine=engine, optimizer=optimizer,
-                      scheduler=scheduler, scaler=scaler, batches=batches, splits=splits, sink=sink,
+                      scheduler=scheduler, scaler=scaler, batches=batches, splits=splits, sink=None,
                       checkpointer=checkpointer)
+    if probe_memory:
+        trainer.probe_memory()
+    trainer.sink = sink = MetricsSink(run_dir, d.is_main, cfg.logging.tensorboard, OmegaConf.to_yaml(cfg))
 
     start_step, resumed_from = 0, None
     if state is not None:

@@ -20,6 +20,10 @@ class Engine:
         """Context for an accumulation micro-step whose gradients must not be exchanged yet."""
         return contextlib.nullcontext()
 
+    def watch_local_gradients(self, wrapped: nn.Module, squared_norm) -> bool:
+        """Add each step's local (pre-averaging) squared gradient norm into `squared_norm`; False if unsupported."""
+        return False
+
     def finish_gradients(self) -> None:
         """Block until every parameter holds the averaged gradient (called once per optimizer step)."""
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The prepared GPU check (under 8 minutes on one H100 or H200). Writes one JSON file of results:
+#   1. the CUDA-marked tests (tests/test_cuda.py: bf16/channels_last training, fp16 scaler, pinned host feed,
+#      fused optimizer, NCCL process-group start-up);
+#   2. ResNet-50 synthetic throughput, bf16, channels_last, batch 256, compile off and on, each against the
+#      hand-written loop (ddtrain-bench throughput), with MFU from ddtrain/hardware.py;
+#   3. a short batch-size sweep whose largest batch runs out of memory and is recorded as such (when
+#      ddtrain-sweep is installed).
+# Usage: launch/gpu-check.sh [results.json]     (run from the repository root; python3 must hold torch)
+# GPU_CHECK_MODEL/SHAPE/BATCH/STEPS/SWEEP_SIZES shrink it for a rehearsal on a CPU.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-gpu-check.json}
+PY=${PYTHON:-python3}
+MODEL=${GPU_CHECK_MODEL:-resnet50}
+SHAPE=${GPU_CHECK_SHAPE:-[3,224,224]}
+BATCH=${GPU_CHECK_BATCH:-256}
+ITERS=${GPU_CHECK_ITERS:-10}
+SWEEP_SIZES=${GPU_CHECK_SWEEP_SIZES:-[256,1024,65536]}
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+
+echo "== 1/3 CUDA tests"
+$PY -m pytest -q -m cuda tests/test_cuda.py --junitxml "$work/cuda.xml" 2>&1 | tee "$work/tests.log"
+
+common=(model="$MODEL" dataset=synthetic "dataset.shape=$SHAPE" "dataset.num_samples=$((BATCH * 10))"
+        "dataset.num_test_samples=$BATCH" "train.global_batch_size=$BATCH" train.precision=bf16
+        train.channels_last=true)
+for compile in false true; do
+    echo "== 2/3 throughput, compile=$compile"
+    $PY -m ddtrain.bench throughput --warmup 10 --iters "$ITERS" --batches-per-iter 10 \
+        --json "$work/throughput-compile-$compile.json" --out-dir "$work/bench-$compile" \
+        "${common[@]}" "train.compile=$compile" 2>&1 | grep -v "^step " | tee -a "$work/bench.log"
+done
+
+echo "== 3/3 sweep into out-of-memory"
+if $PY -c "import ddtrain.sweep" 2>/dev/null; then
+    $PY -m ddtrain.sweep "${common[@]}" "sweep.batch_sizes=$SWEEP_SIZES" sweep.budget=steps=20 \
+        sweep.auto_accumulate=false "hydra.run.dir=$work/sweep" 2>&1 | tail -20 | tee "$work/sweep.log"
+else
+    echo "ddtrain-sweep is not installed in this version: skipped" | tee "$work/sweep.log"
+fi
+
+$PY - "$work" "$OUT" <<'EOF'
+import json, pathlib, sys, time, xml.etree.ElementTree as ET
+import torch
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+       "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+if (work / "cuda.xml").exists():
+    suite = ET.parse(work / "cuda.xml").getroot().find("testsuite")
+    res["cuda_tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+res["cuda_tests_log"] = (work / "tests.log").read_text()[-3000:]
+res["throughput"] = [json.loads(p.read_text()) for p in sorted(work.glob("throughput-*.json"))]
+sweep = work / "sweep" / "sweep.json"
+res["sweep"] = json.loads(sweep.read_text()) if sweep.exists() else (work / "sweep.log").read_text()[-2000:]
+out.parent.mkdir(parents=True, exist_ok=True)
+out.write_text(json.dumps(res, indent=2, default=str) + "\n")
+print(f"results written to {out}")
+EOF
