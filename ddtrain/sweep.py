@@ -129,7 +129,8 @@ def run_point(cfg, batch_size: int, seed: int, sweep_dir: Path, d) -> dict:
                 accum *= 2
                 continue
             log.warning("%s: recorded as oom", exc)
-            row = {"per_rank_batch_size": per_rank, "grad_accum_steps": accum, "status": "oom",
+            row = {**dict.fromkeys(ROW_FROM_SUMMARY), "final_val_accuracy": None, "per_rank_batch_size": per_rank,
+                   "grad_accum_steps": accum, "status": "oom",
                    "lr": scaled_lr(cfg.train.lr, batch_size, cfg.train.base_batch_size, cfg.sweep.lr_scaling)}
             break
     gc.collect()
