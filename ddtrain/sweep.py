@@ -179,7 +179,8 @@ def run_sweep(cfg: DictConfig, output_dir: str) -> list[dict]:
     cli.setup_logging(sweep_dir, d.rank, d.world_size, cfg.logging.level)
     rows = d.broadcast_object(report.read_rows(sweep_dir) if d.is_main else None)
     done = {(r["batch_size"], r["seed"]) for r in rows}
-    todo = [(b, s) for b in cfg.sweep.batch_sizes for s in cfg.sweep.seeds if (b, s) not in done]
+    todo = [(b, s) for b in dict.fromkeys(cfg.sweep.batch_sizes) for s in dict.fromkeys(cfg.sweep.seeds)
+            if (b, s) not in done]
     log.info("sweep in %s: %d point(s) to run, %d already done", sweep_dir, len(todo), len(rows))
     for batch_size, seed in todo:
         row = run_point(cfg, batch_size, seed, sweep_dir, d)

@@ -16,7 +16,8 @@ MODEL=${GPU_CHECK_MODEL:-resnet50}
 SHAPE=${GPU_CHECK_SHAPE:-[3,224,224]}
 BATCH=${GPU_CHECK_BATCH:-256}
 ITERS=${GPU_CHECK_ITERS:-10}
-SWEEP_SIZES=${GPU_CHECK_SWEEP_SIZES:-[256,1024,65536]}
+SWEEP_SIZES=${GPU_CHECK_SWEEP_SIZES:-[256,4096]}  # ResNet-50 at 4096 images per GPU needs >200 GB: out of memory
+SWEEP_SAMPLES=${GPU_CHECK_SWEEP_SAMPLES:-4608}  # 90% of it for training: at least one batch of the largest size
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
@@ -35,8 +36,9 @@ done
 
 echo "== 3/3 sweep into out-of-memory"
 if $PY -c "import ddtrain.sweep" 2>/dev/null; then
-    $PY -m ddtrain.sweep "${common[@]}" "sweep.batch_sizes=$SWEEP_SIZES" sweep.budget=steps=20 \
-        sweep.auto_accumulate=false "hydra.run.dir=$work/sweep" 2>&1 | tail -20 | tee "$work/sweep.log"
+    $PY -m ddtrain.sweep "${common[@]}" "dataset.num_samples=$SWEEP_SAMPLES" "sweep.batch_sizes=$SWEEP_SIZES" \
+        sweep.budget=steps:20 sweep.seeds=[0] sweep.target=1.0 sweep.auto_accumulate=false logging.progress=false \
+        "hydra.run.dir=$work/sweep" 2>&1 | grep -v "^step " | tail -30 | tee "$work/sweep.log"
 else
     echo "ddtrain-sweep is not installed in this version: skipped" | tee "$work/sweep.log"
 fi
