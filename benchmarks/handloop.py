@@ -42,6 +42,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--lr", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gather", default="index_select", choices=["index_select", "getitem"],
+                   help="x.index_select(0, idx) (default, as ddtrain) or x[idx] (slower on CPU)")
+    p.add_argument("--bucket-view", action="store_true", help="DDP(gradient_as_bucket_view=True), as ddtrain")
     p.add_argument("--out", required=True, help="JSON file written by rank 0")
     a = p.parse_args()
     shape = a.shape or ([784] if a.model == "mlp" else [1, 28, 28])
@@ -59,7 +62,7 @@ def main() -> None:
     torch.manual_seed(a.seed)
     model = build_model(ModelConfig(name=a.model, hidden_sizes=a.hidden_sizes), splits.input_shape,
                         splits.num_classes)
-    net = DDP(model) if world > 1 else model
+    net = DDP(model, gradient_as_bucket_view=a.bucket_view) if world > 1 else model
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9)
 
     b = a.global_batch_size // world
@@ -72,7 +75,11 @@ def main() -> None:
             perm, pos = torch.randperm(len(x), generator=gen), 0
         idx = perm[pos + rank * b: pos + (rank + 1) * b]
         pos += a.global_batch_size
-        loss = F.cross_entropy(net(x[idx]), y[idx])
+        if a.gather == "index_select":
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        else:
+            xb, yb = x[idx], y[idx]
+        loss = F.cross_entropy(net(xb), yb)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -101,6 +108,7 @@ def main() -> None:
                   "steps": a.steps, "warmup_steps": a.warmup_steps, "world_size": world,
                   "global_batch_size": a.global_batch_size, "per_rank_batch_size": b,
                   "threads": torch.get_num_threads(), "final_loss": loss.item(), "model": a.model,
+                  "gather": a.gather, "bucket_view": a.bucket_view,
                   "torch_version": torch.__version__}
         with open(a.out, "w") as f:
             json.dump(result, f, indent=2)

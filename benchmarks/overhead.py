@@ -86,12 +86,12 @@ def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, 
             "world_size": summary["world_size"], "final_loss": summary["final_train_loss"]}
 
 
-def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
+def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str, extra=()) -> dict:
     out = workdir / f"hand-{tag}.json"
     args = MODELS[model][1] + [
         "--num-samples", str(NUM_SAMPLES), "--num-test-samples", str(NUM_TEST),
         "--global-batch-size", str(GLOBAL_BATCH), "--warmup-steps", str(warmup), "--steps", str(steps),
-        "--lr", str(LR), "--seed", str(SEED), "--out", str(out)]
+        "--lr", str(LR), "--seed", str(SEED), "--out", str(out), *extra]
     cmd = launch(world, [str(HERE / "handloop.py")] + args, python=True)
     _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
     r = json.loads(out.read_text())
@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="ABBA repeats per case (default 3; 1 with --quick)")
     p.add_argument("--cases", default="", help="comma-separated subset, e.g. mlp-1,lenet5-2")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's timed steps")
+    p.add_argument("--hand-args", default="", help="extra handloop.py flags, e.g. '--bucket-view --gather getitem'")
     p.add_argument("--out", default=str(HERE / "overhead_results.json"), help="where the table goes as JSON")
     a = p.parse_args()
     repeats = a.repeats or (1 if a.quick else 3)
@@ -134,8 +135,9 @@ def main() -> None:
                 order = ("ddtrain", "hand") if r % 2 == 0 else ("hand", "ddtrain")
                 got = {}
                 for who in order:
-                    fn = run_ddtrain if who == "ddtrain" else run_hand
-                    got[who] = fn(model, world, steps, warmup, workdir, f"{model}-{world}-{r}")
+                    tag = f"{model}-{world}-{r}"
+                    got[who] = (run_ddtrain(model, world, steps, warmup, workdir, tag) if who == "ddtrain" else
+                                run_hand(model, world, steps, warmup, workdir, tag, a.hand_args.split()))
                 ratio = got["ddtrain"]["samples_per_s"] / got["hand"]["samples_per_s"]
                 step_ratio = got["hand"]["step_time_ms_median"] / got["ddtrain"]["step_time_ms_median"]
                 pairs.append({"order": list(order), "ddtrain": got["ddtrain"], "hand": got["hand"], "ratio": ratio,
@@ -170,6 +172,7 @@ def main() -> None:
     print(f"worst median ratio {worst:.3f} (target >= 0.99); {time.perf_counter() - t0:.0f} s in all; "
           f"load average now {os.getloadavg()[0]:.2f}")
     result = {"target": 0.99, "worst_ratio": worst, "cpu_count": cores, "load_average_at_start": load,
+              "hand_args": a.hand_args,
               "rows": rows}
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"written {a.out}")

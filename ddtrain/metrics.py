@@ -18,20 +18,23 @@ class SumMeter:
     """Running (loss sum, correct, count) on the device; reduced across ranks only when read."""
 
     def __init__(self, device: torch.device):
-        self.totals = torch.zeros(3, dtype=torch.float64, device=device)
+        self.totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+        self.count = 0  # known on the host: keeping it there avoids a host-to-device copy per step
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch whose mean loss is `loss`; no host synchronisation."""
         n = labels.numel()
         correct = (logits.argmax(dim=1) == labels).sum()
-        self.totals += torch.stack([loss.double() * n, correct.double(),
-                                    torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
+        self.totals += torch.stack([loss.double() * n, correct.double()])
+        self.count += n
 
     def reduce(self, dist) -> dict:
         """Mean loss, accuracy and count over all ranks since the last reduce; resets the meter."""
-        totals = dist.all_reduce_sum(self.totals.clone())
+        count = torch.full((1,), float(self.count), dtype=torch.float64, device=self.totals.device)
+        totals = dist.all_reduce_sum(torch.cat([self.totals, count]))
         loss_sum, correct, count = totals.tolist()
         self.totals.zero_()
+        self.count = 0
         if count == 0:
             return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
         return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}

@@ -75,9 +75,9 @@ class NoiseScale:
 
     @property
     def b_simple(self) -> float | None:
-        """tr(Sigma) / |G|^2 from the EMAs; None before the first update or while the |G|^2 EMA is <= 0."""
+        """tr(Sigma) / |G|^2 from the EMAs; None before the first update or while either EMA is <= 0 (too noisy yet)."""
         grad_sq, trace_sigma = self.grad_sq, self.trace_sigma
-        if grad_sq is None or trace_sigma is None or grad_sq <= 0.0:
+        if grad_sq is None or trace_sigma is None or grad_sq <= 0.0 or trace_sigma <= 0.0:
             return None
         return trace_sigma / grad_sq
 
@@ -134,10 +134,9 @@ class GradientNoiseMeter:
         import torch
 
         big = self.grad_sq(params)
-        one = torch.ones((), dtype=torch.float64, device=big.device)
-        self.sums += torch.stack([self.step_small, big, one]) * torch.stack([
-            torch.as_tensor(inv_scale_sq, dtype=torch.float64, device=big.device),
-            torch.as_tensor(inv_scale_sq, dtype=torch.float64, device=big.device), one])
+        self.sums[0] += self.step_small * inv_scale_sq  # a device tensor or a float: no host-to-device copy
+        self.sums[1] += big * inv_scale_sq
+        self.sums[2] += 1
         self.step_small.zero_()
 
     def read(self, dist) -> float | None:

@@ -24,16 +24,18 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
 class SampleStream:
     """The training samples in the order they are consumed: epoch 0's permutation, then epoch 1's, ..."""
 
-    def __init__(self, num_samples: int, seed: int):
+    def __init__(self, num_samples: int, seed: int, device: torch.device | str = "cpu"):
         self.num_samples = num_samples
         self.seed = seed
+        self.device = torch.device(device)
         self._perms: dict[int, torch.Tensor] = {}
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             if len(self._perms) >= 2:  # batches only ever straddle two epochs
                 del self._perms[min(self._perms)]
-            self._perms[epoch] = epoch_permutation(self.num_samples, self.seed, epoch)
+            # one copy per epoch to where the data lives, instead of a blocking index copy per step
+            self._perms[epoch] = epoch_permutation(self.num_samples, self.seed, epoch).to(self.device)
         return self._perms[epoch]
 
     def take(self, start: int, count: int) -> torch.Tensor:
@@ -53,7 +55,7 @@ class ShardedBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int, global_batch_size: int,
                  rank: int, world_size: int, grad_accum_steps: int):
         self.x, self.y = x, y
-        self.stream = SampleStream(len(x), seed)
+        self.stream = SampleStream(len(x), seed, x.device)
         self.global_batch_size = global_batch_size
         self.rank, self.world_size, self.grad_accum_steps = rank, world_size, grad_accum_steps
         self.per_rank_batch_size = global_batch_size // (world_size * grad_accum_steps)
@@ -66,7 +68,7 @@ class ShardedBatches:
 
     def get(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The (inputs, labels) micro-batch of this rank, on the dataset's device."""
-        idx = self.indices(step, micro_step).to(self.x.device, non_blocking=True)
+        idx = self.indices(step, micro_step)
         return self.x.index_select(0, idx), self.y.index_select(0, idx)
 
     def epoch_at(self, step: int) -> float:
