@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ddtrain.errors import UserError
+from ddtrain.fileio import atomic_open
 
 log = logging.getLogger("ddtrain")
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
@@ -77,13 +78,8 @@ class Checkpointer:
         rngs = self.dist.all_gather_object(rng_state(self.dist.device))
         path = self.directory / f"step_{step:08d}.pt"
         if self.dist.is_main:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / f".{path.name}.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_open(path, "wb") as f:  # readers see the old set of files or the complete new one
                 torch.save({**state, "step": step, "rng": rngs, "world_size": self.dist.world_size}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # readers see the old set of files or the complete new one
             dir_fd = os.open(self.directory, os.O_RDONLY)
             try:
                 os.fsync(dir_fd)

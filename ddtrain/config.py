@@ -10,7 +10,7 @@ import math
 from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from hydra.core.config_store import ConfigStore
 

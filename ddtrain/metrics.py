@@ -6,12 +6,13 @@ Only the sinks here write metric files: metrics.jsonl, TensorBoard events and su
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from ddtrain.fileio import atomic_open
 
 
 class SumMeter:
@@ -94,13 +95,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON so that readers see either the old file or the complete new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class MetricsSink:

@@ -131,8 +131,6 @@ class GradientNoiseMeter:
 
     def end_step(self, params, inv_scale_sq=1.0) -> None:
         """After the averaged gradient is complete: record both norms, undoing the loss scale."""
-        import torch
-
         big = self.grad_sq(params)
         self.sums[0] += self.step_small * inv_scale_sq  # a device tensor or a float: no host-to-device copy
         self.sums[1] += big * inv_scale_sq

@@ -115,21 +115,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="ring allreduce: t = 2(n-1)/n x S/B + 2(n-1) x alpha; "
                                        "step = compute + (1 - overlap) x t")
-    src = p.add_argument_group("compute time (one of)")
+    src = p.add_argument_group("compute time (--step-time-ms wins when both are given)")
     src.add_argument("--step-time-ms", type=float, help="measured single-device step time at --batch")
     src.add_argument("--model", help="model name (ddtrain.models): compute time from its FLOPs at --mfu of the "
                                      "--device peak; also gives --grad-bytes")
-    p.add_argument("--batch", type=int, default=None, help="per-device batch of --step-time-ms (default: first of --batches)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="per-device batch of --step-time-ms (default: the first of --batches)")
     p.add_argument("--input-shape", default="3,32,32", help="--model: sample shape, e.g. 3,224,224 (default 3,32,32)")
     p.add_argument("--num-classes", type=int, default=10, help="--model: classes (default 10)")
     p.add_argument("--device", help="--model: GPU name for the peak FLOP/s, e.g. 'H100 SXM5' (ddtrain.hardware)")
-    p.add_argument("--precision", default="bf16", help="--model: peak FLOP/s of fp32 | tf32 | bf16 | fp16 (default bf16)")
+    p.add_argument("--precision", default="bf16",
+                   help="--model: use the peak FLOP/s of fp32 | tf32 | bf16 | fp16 (default bf16)")
     p.add_argument("--mfu", type=float, default=0.4, help="--model: assumed model FLOP utilisation (default 0.4)")
     p.add_argument("--grad-bytes", type=float, help="gradient bytes allreduced per step (default: from --model, fp32)")
     link = p.add_argument_group("interconnect (one of)")
     link.add_argument("--interconnect", help="key of ddtrain.hardware.INTERCONNECTS, e.g. nvlink4, pcie4, ib-hdr")
     link.add_argument("--bandwidth", type=float, help="GB/s per direction (1 GB = 1e9 bytes); needs --latency-us")
-    p.add_argument("--latency-us", type=float, help="per-step latency alpha in microseconds (overrides --interconnect's)")
+    p.add_argument("--latency-us", type=float,
+                   help="per-step latency alpha in microseconds (overrides --interconnect's)")
     p.add_argument("--overlap", type=float, default=0.0,
                    help="fraction of the allreduce hidden behind backward, 0..1 (default 0: none hidden, "
                         "conservative); use the overlap benchmark's figure when you have it")
@@ -141,15 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(p, a)
     except UserError as exc:
-        p.error(str(exc))
-        return 2
+        p.error(str(exc))  # exits with status 2
 
 
 def _run(p: argparse.ArgumentParser, a) -> int:
     from ddtrain import hardware
 
     notes = []
-    if (a.step_time_ms is None) == (a.model is None):
+    if a.step_time_ms is None and a.model is None:
         p.error("give --step-time-ms (measured) or --model with --device (estimated from FLOPs)")
     if a.interconnect is None and a.bandwidth is None:
         p.error("give --interconnect or --bandwidth with --latency-us")

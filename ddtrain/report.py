@@ -17,12 +17,11 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from ddtrain.errors import UserError
+from ddtrain.fileio import atomic_open
 
 COLUMNS = [
     "batch_size", "seed", "per_rank_batch_size", "grad_accum_steps", "lr", "lr_scaling", "samples_per_s",
@@ -76,19 +75,8 @@ def _clean(value):
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the complete new one, never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w", newline="") as f:
+        f.write(text)
 
 
 # --- sweep.csv / sweep.json ----------------------------------------------------------------------------------
@@ -349,18 +337,8 @@ def plot(rows: list[dict], path, title: str | None = None) -> None:
                               ha="center", fontsize="x-small", color="gray")
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # same atomicity as the tables: render to a temporary file in the directory, then rename
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:  # same atomicity as the tables
+        fig.savefig(f, format="png", dpi=110)
 
 
 # --- report.md -----------------------------------------------------------------------------------------------

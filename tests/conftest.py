@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -49,6 +50,24 @@ def base_env() -> dict:
         if key.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_")) or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             env.pop(key)
     return env
+
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                 "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "SLURM_PROCID",
+                 "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID")
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """For ddtrain.train.run() inside the test process: one rank, and afterwards no log handlers left open."""
+    for name in LAUNCHER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    yield
+    logger = logging.getLogger("ddtrain")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 @pytest.fixture(scope="session")

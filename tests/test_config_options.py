@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 import math
 import pickle
 from pathlib import Path
@@ -25,8 +24,6 @@ GROUPS = ("model", "dataset", "optimizer", "schedule")
 SUPPORTED = {"model": MODELS, "dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
 
 # What a launcher would have set; their absence makes run() a single process.
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
-                 "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE", "SLURM_PROCID", "SLURM_STEP_ID", "SLURM_STEPID")
 
 # Keep every run tiny: 2 steps, no progress bar, no TensorBoard, no checkpoints.
 TINY = ["train.max_steps=2", "train.log_every=1", "train.throughput_warmup_steps=0",
@@ -66,15 +63,8 @@ def mnist1d(mnist1d_cache) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def single_process(monkeypatch):
-    """No launcher variables (world size 1); afterwards drop the log handlers run() attached."""
-    for name in LAUNCHER_VARS:
-        monkeypatch.delenv(name, raising=False)
-    yield
-    logger = logging.getLogger("ddtrain")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+def single_process(in_process):
+    """run() in this process: one rank, log handlers closed afterwards (conftest.in_process)."""
 
 
 def train_2_steps(overrides: list[str], run_dir: Path) -> dict:

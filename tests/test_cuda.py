@@ -6,7 +6,6 @@ host memory and asynchronous copies, fused optimizers, MFU against the GPU table
 
 from __future__ import annotations
 
-import logging
 import math
 import subprocess
 import sys
@@ -22,14 +21,8 @@ pytestmark = [pytest.mark.cuda,
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_PROCID"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    logger = logging.getLogger("ddtrain")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
+def _single_process(in_process):
+    """run() in this process: one rank, log handlers closed afterwards (conftest.in_process)."""
 
 
 def train(tmp_path, name, *overrides):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 
 import pytest
@@ -15,14 +14,8 @@ from ddtrain.train import run
 
 
 @pytest.fixture(autouse=True)
-def _no_launcher(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_PROCID"):
-        monkeypatch.delenv(key, raising=False)
-    yield
-    logger = logging.getLogger("ddtrain")
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-        h.close()
+def _single_process(in_process):
+    """run() in this process: one rank, log handlers closed afterwards (conftest.in_process)."""
 
 
 def train(tmp_path, name, *overrides):

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -21,6 +20,7 @@ import torch
 from ddtrain.config import DATASETS
 from ddtrain.data import files
 from ddtrain.errors import UserError
+from ddtrain.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -202,22 +202,12 @@ def _generate_mnist1d(args):
 
 def _write_cache(path: str, folder: str, arrays) -> None:
     """Write atomically (temp file + os.replace) so concurrent ranks never expose a half-written file."""
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mnist1d-", suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, x=arrays[0], y=arrays[1], x_test=arrays[2], y_test=arrays[3])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         # The data is already in memory; a read-only cache only costs regeneration next time.
         log.warning("could not cache mnist1d in %s (%s); set dataset.cache_dir to a writable folder", folder, e)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _from_files(name: str, cfg, device: torch.device):
