@@ -23,7 +23,7 @@ least 1, as ddtrain.dist.limit_cpu_threads gives them):
    load hits both alike.
 
 Prints model, ranks, the measured inputs, predicted ms, measured ms, error %; with --out writes the rows as
-JSON. About 3 minutes on 2 cores. Timing on a shared machine is only as good as its quiet: the load
+JSON. About 3-5 minutes on 2 cores. Timing on a shared machine is only as good as its quiet: the load
 average is printed before and after, and figures taken under other load are not worth comparing.
 
     python benchmarks/predict_validation.py
@@ -56,7 +56,7 @@ MODELS = {
 }
 # long enough that co-located copies, started together, overlap for most of their timed steps (their
 # start-up differs by a fraction of a second) and the per-step median ignores the edges
-PER_RANK_BATCH, STEPS, WARMUP = 64, 150, 20
+PER_RANK_BATCH, STEPS, WARMUP = 64, 120, 20
 TEARDOWN_FAILURES: list[dict] = []  # runs that timed fine but exited non-zero after summary.json
 
 
@@ -212,12 +212,13 @@ def _allreduce_worker(size_bytes: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def validate(model: str, n: int, workdir: Path, steps: int = STEPS, warmup: int = WARMUP, rounds: int = 2) -> dict:
-    """Measure compute and link, predict the n-rank step time two ways, measure it; one row of the table."""
+def validate(model: str, n: int, workdir: Path, steps: int = STEPS, warmup: int = WARMUP, rounds: int = 2,
+             alone: bool = True) -> dict:
+    """Measure compute and link, predict the n-rank step time (also via the contention factor if alone), measure it."""
     from ddtrain.predict import predict_step_time
 
     threads, size = rank_threads(n), gradient_size(model)
-    alone_ms = train_step_ms(model, 1, threads, workdir, steps, warmup)
+    alone_ms = train_step_ms(model, 1, threads, workdir, steps, warmup) if alone else float("nan")
     link = measure_link(n, size, threads, workdir)
     # co-located compute and the real n-rank run alternate, so drifting load on a shared machine hits both
     colocated, measured = [], []
@@ -258,6 +259,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
+    """Validate for each model and rank count and print the table (or serve as the allreduce worker)."""
     if argv is None and len(sys.argv) == 4 and sys.argv[1] == "--allreduce-worker":
         _allreduce_worker(int(sys.argv[2]), sys.argv[3])
         return
@@ -276,6 +278,10 @@ def main(argv=None) -> None:
                 rows.append(validate(model, n, Path(tmp), rounds=a.rounds))
                 print(format_rows(rows[-1:]).splitlines()[-1], flush=True)
     print(format_rows(rows))
+    print("alone: one process, ms/step; xfact: contention factor max(1, n x threads / cores); coloc: slowest of n "
+          "co-located one-process runs; alpha, GB/s: gloo ring fit; comm: its allreduce time of the gradient;\n"
+          "predicted = coloc + comm; factor pred = alone x xfact + comm; measured: n-rank ddtrain-train; all "
+          "step_time_ms_median")
     if TEARDOWN_FAILURES:
         print(f"{len(TEARDOWN_FAILURES)} run(s) exited non-zero after writing summary.json (see warnings above)")
     print(f"{time.perf_counter() - t0:.0f} s; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now")
