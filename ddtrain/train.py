@@ -33,6 +33,21 @@ def parameter_digest(model) -> str:
     return h.hexdigest()
 
 
+def loop_settings(cfg: DictConfig, steps: int, data_on_device: bool, flops: int | None, peak: float | None):
+    """The training loop's cadence and options, from the config and what run() measured."""
+    from ddtrain.trainer import LoopSettings
+
+    tc = cfg.train
+    return LoopSettings(
+        total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every, eval_every=tc.eval_every,
+        evals_per_epoch=tc.evals_per_epoch, checkpoint_every=cfg.checkpoint.every_steps,
+        throughput_warmup_steps=tc.throughput_warmup_steps, throughput_measure_steps=tc.throughput_measure_steps,
+        grad_clip=tc.grad_clip, precision=tc.precision, progress=cfg.logging.progress,
+        channels_last=tc.channels_last, data_on_device=data_on_device, num_workers=cfg.dataset.num_workers,
+        prefetch_factor=cfg.dataset.prefetch_factor, flops_per_sample=flops, peak_flops_per_device=peak,
+        target_accuracy=tc.target_accuracy, time_budget_s=tc.time_budget_s, noise_scale=tc.noise_scale)
+
+
 def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = False) -> dict:
     """Train one model as configured; returns the summary written to summary.json.
 
@@ -46,16 +61,16 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
     from ddtrain import dist as ddist
     from ddtrain.checkpoint import Checkpointer, load
     from ddtrain.data.feed import load_placed
-    from ddtrain.hardware import lookup_gpu, peak_flops
-    from ddtrain.models.flops import flops_per_sample
     from ddtrain.data.sharding import ShardedBatches
     from ddtrain.engines import build_engine
     from ddtrain.env import detect
     from ddtrain.errors import UserError
+    from ddtrain.hardware import lookup_gpu, peak_flops
     from ddtrain.metrics import MetricsSink, peak_memory_bytes, write_json_atomic
     from ddtrain.models import build_model
+    from ddtrain.models.flops import flops_per_sample
     from ddtrain.optim import build_optimizer, build_scheduler, scaled_lr
-    from ddtrain.trainer import LoopSettings, Trainer
+    from ddtrain.trainer import Trainer
 
     t_start = time.perf_counter()
     if torch.cuda.is_available():
@@ -107,16 +122,7 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
     if state is not None and state.get("global_batch_size") != tc.global_batch_size:
         raise UserError(f"checkpoint {resume_path} was written with train.global_batch_size="
                         f"{state.get('global_batch_size')}; resume with the same value or checkpoint.resume=never")
-    settings = LoopSettings(total_steps=steps, grad_accum_steps=tc.grad_accum_steps, log_every=tc.log_every,
-                            eval_every=tc.eval_every, checkpoint_every=cfg.checkpoint.every_steps,
-                            throughput_warmup_steps=tc.throughput_warmup_steps, grad_clip=tc.grad_clip,
-                            precision=tc.precision, progress=cfg.logging.progress, channels_last=tc.channels_last,
-                            data_on_device=on_device, num_workers=cfg.dataset.num_workers,
-                            prefetch_factor=cfg.dataset.prefetch_factor,
-                            flops_per_sample=fps, peak_flops_per_device=peak_flops(gpu, tc.precision) if gpu else None,
-                            throughput_measure_steps=tc.throughput_measure_steps, target_accuracy=tc.target_accuracy,
-                            time_budget_s=tc.time_budget_s, noise_scale=tc.noise_scale,
-                            evals_per_epoch=tc.evals_per_epoch)
+    settings = loop_settings(cfg, steps, on_device, fps, peak_flops(gpu, tc.precision) if gpu else None)
     batches = ShardedBatches(splits.train_x, splits.train_y, seed=tc.seed, global_batch_size=tc.global_batch_size,
                              rank=d.rank, world_size=d.world_size, grad_accum_steps=tc.grad_accum_steps)
     trainer = Trainer(settings=settings, dist=d, model=wrapped, engine=engine, optimizer=optimizer,
