@@ -255,7 +255,7 @@ class Trainer:
             if due_eval:
                 self._validate(done)
             if due_ckpt:
-                self.checkpointer.save(done, self.state_dict())
+                self.checkpointer.save(done, self.state_dict(done))
             if s.time_budget_s and self._out_of_time():
                 log.info("time budget of %.0f s spent at step %d", s.time_budget_s, done)
                 break
@@ -341,9 +341,10 @@ class Trainer:
             "trained_steps_this_run": step - start_step,
         }
 
-    def state_dict(self) -> dict:
-        """What a checkpoint holds besides the step and RNG states."""
-        return {"model": self.engine.unwrap(self.model).state_dict(),
+    def state_dict(self, step: int = 0) -> dict:
+        """What a checkpoint holds besides the step and RNG states (the step is also the data position)."""
+        return {"epoch": self.batches.epoch_at(step), "samples_seen": step * self.batches.global_batch_size,
+                "model": self.engine.unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
