@@ -133,3 +133,17 @@ def test_budget_and_point_config():
 def test_bad_sweep_keys(overrides, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
         validate_sweep(compose("sweep", overrides), world_size=4)
+
+
+@pytest.mark.slow
+def test_time_budget_and_divergence_are_recorded(tmp_path, mnist1d_cache):
+    timed = tmp_path / "timed"
+    code, out, err = sweep(["sweep.batch_sizes=[64]", "sweep.budget=time_s:2"], timed, mnist1d_cache, ranks=1)
+    assert code == 0, err
+    row = rows(timed)[(64, 0)]
+    assert "time budget of 2 s spent" in out and row["steps"] < 1000 and row["status"] != "diverged"
+    diverging = tmp_path / "diverging"
+    code, out, err = sweep(["sweep.batch_sizes=[64]", "sweep.budget=epochs:2", "train.lr=1e6"], diverging,
+                           mnist1d_cache, ranks=1)
+    assert code == 0, err
+    assert rows(diverging)[(64, 0)]["status"] == "diverged"
