@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--global-batch-size", type=int, default=128)
     p.add_argument("--warmup-steps", type=int, default=20)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gather", default="index_select", choices=["index_select", "getitem"],
                    help="x.index_select(0, idx) (default, as ddtrain) or x[idx] (slower on CPU)")

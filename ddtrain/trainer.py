@@ -114,7 +114,7 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(x)
                     loss = F.cross_entropy(logits.float(), y)
-                self.scaler.scale(loss / accum).backward()
+                self.scaler.scale(loss if accum == 1 else loss / accum).backward()
             self.meter.add(loss.detach(), logits.detach(), y)
             if self.noise is not None and self.dist.world_size == 1 and micro == 0 and accum > 1:
                 # one rank: the first micro-batch is the small batch (its gradient is divided by accum)
