@@ -89,6 +89,7 @@ class Trainer:
         self.train_time_s = 0.0  # all training intervals, warm-up included, evaluation excluded
         self.last_train: dict = {}
         self.last_val: dict = {}
+        self._last_val_step: int | None = None
         self.best_val_accuracy: float | None = None
         self.reached: dict = {}  # steps, epochs and time at which the target accuracy was first reached
         self.status = "ok"
@@ -287,7 +288,7 @@ class Trainer:
         t0 = time.perf_counter()
         val = self.evaluate(self.splits.val_x, self.splits.val_y)
         self.eval_time_s += time.perf_counter() - t0
-        self.last_val = val
+        self.last_val, self._last_val_step = val, done
         self.sink.log(done, {"epoch": round(self.batches.epoch_at(done), 4), "loss": val["loss"],
                              "accuracy": val["accuracy"]}, "val")
         if self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy:
@@ -306,7 +307,10 @@ class Trainer:
 
     def finish(self, start_step: int, step: int) -> dict:
         """Final validation and test evaluation; the run's figures."""
-        val = self._validate(step) if self.splits.val_x.shape[0] else {}
+        if not self.splits.val_x.shape[0]:
+            val = {}
+        else:  # a run stopped by its time budget may just have validated this very step
+            val = self.last_val if self._last_val_step == step else self._validate(step)
         t0 = time.perf_counter()
         test = self.evaluate(self.splits.test_x, self.splits.test_y)
         self.eval_time_s += time.perf_counter() - t0
