@@ -2,6 +2,8 @@
 
     ddtrain-bench throughput [--warmup 10] [--iters 10] [--batches-per-iter 10] [--repeats 1] [--json F] <overrides>
     ddtrain-bench predict ...            (see ddtrain-bench predict --help)
+    ddtrain-bench allreduce ...          allreduce time/bandwidth per size and engine (under mpirun/torchrun)
+    ddtrain-bench overlap ...            step time with and without gradient sync per engine and model
 
 `throughput` follows Horovod's synthetic benchmark: warm up, then time `iters` intervals of
 `batches-per-iter` steps each and report mean ± spread of samples/s. Beside it runs the loop a
@@ -170,7 +172,8 @@ def _report(cfg, rows: list[dict], d) -> dict:
 def main(argv: list[str] | None = None) -> None:
     """Console script ddtrain-bench."""
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"throughput": throughput}
+    from ddtrain import commbench, overlapbench
+    commands = {"throughput": throughput, "allreduce": commbench.main, "overlap": overlapbench.main}
     try:
         from ddtrain import predict
         commands["predict"] = predict.main

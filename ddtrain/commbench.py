@@ -1,0 +1,447 @@
+"""ddtrain-bench allreduce: allreduce time and bandwidth per message size and engine, like nccl-tests.
+
+    mpirun -np N ddtrain-bench allreduce [--min-bytes 4] [--max-bytes 256M] [--factor 2] [--iters 20]
+                                         [--warmup 5] [--engines gloo,nccl,mpi,horovod] [--json F]
+    torchrun --nproc-per-node N --no-python ddtrain-bench allreduce ...     (gloo and nccl only)
+
+For every message size (float32, in place, op SUM): a barrier, `warmup` untimed allreduces, then
+`iters` timed back to back; the reported time is the max over ranks of each rank's mean time per
+allreduce (nccl-tests' convention). algbw = bytes / time; busbw = algbw * 2(n-1)/n, the bytes each
+rank's link carries in a ring allreduce, comparable across world sizes. Each size's result is
+checked once against the known sum over ranks. Beside the engines, a tensor copy_ of --memcpy-bytes
+(best of several) gives the local memory ceiling; busbw at --ref-bytes (default 64 MiB) is printed
+as a fraction of it.
+
+No engine divides by the world size: every one does a plain SUM (nccl-tests' default), so
+averaging (one scale per element, the same for all engines) is not part of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from ddtrain.errors import UserError
+
+ENGINES = ("gloo", "nccl", "mpi", "horovod")
+MiB = 1 << 20
+INSTALL_HOROVOD = "launch/install-horovod.sh"
+DTYPE_BYTES = 4  # float32
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def message_sizes(min_bytes: int, max_bytes: int, factor: float) -> list[int]:
+    """Byte sizes from min_bytes to max_bytes (both included), each `factor` times the last, whole float32s."""
+    if min_bytes < DTYPE_BYTES:
+        raise UserError(f"--min-bytes={min_bytes} is below one float32 ({DTYPE_BYTES} bytes)")
+    if max_bytes < min_bytes:
+        raise UserError(f"--max-bytes={max_bytes} is below --min-bytes={min_bytes}")
+    if factor <= 1:
+        raise UserError(f"--factor={factor} must be above 1")
+    sizes, size = [], float(min_bytes)
+    while size <= max_bytes * (1 + 1e-9):
+        b = max(DTYPE_BYTES, int(size) // DTYPE_BYTES * DTYPE_BYTES)
+        if not sizes or b > sizes[-1]:
+            sizes.append(b)
+        size *= factor
+    return sizes
+
+
+def algorithm_bandwidth(nbytes: int, seconds: float) -> float:
+    """Bytes per second of the message itself: size / time."""
+    return nbytes / seconds
+
+
+def bus_bandwidth(algbw: float, world_size: int) -> float:
+    """nccl-tests' allreduce bus bandwidth: algbw * 2(n-1)/n (what each rank's link carries in a ring)."""
+    return algbw * 2 * (world_size - 1) / world_size
+
+
+def parse_bytes(text: str) -> int:
+    """'4', '64K', '1M', '256MiB', '1G' -> bytes (K/M/G are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise UserError(f"{text!r} is not a byte count: use e.g. 4, 64K, 1M, 256M")
+    return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2).upper()])
+
+
+def human_bytes(n: int) -> str:
+    """1048576 -> '1 MiB' (exact powers), else bytes."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def reference_size(sizes: list[int], ref_bytes: int) -> int:
+    """The measured size used for the memcpy comparison: the largest not above ref_bytes (else the smallest)."""
+    below = [s for s in sizes if s <= ref_bytes]
+    return max(below) if below else min(sizes)
+
+
+def parse_engines(text: str) -> list[str]:
+    """'gloo,mpi' -> ['gloo', 'mpi']; unknown names are a UserError."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in ENGINES]
+    if bad or not names:
+        raise UserError(f"--engines={text} names {', '.join(bad) or 'nothing'}; choose from {','.join(ENGINES)}")
+    return list(dict.fromkeys(names))
+
+
+# ----------------------------------------------------------------------------- collectives
+
+
+class Collective:
+    """One way to allreduce a tensor: its device, an in-place SUM, a barrier and a device sync."""
+
+    name = "?"
+    device = None
+
+    def allreduce(self, t) -> None:
+        """Sum t over ranks in place."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Wait until queued device work is done (CUDA); nothing on CPU."""
+
+
+class TorchCollective(Collective):
+    """torch.distributed with the gloo (CPU tensors) or nccl (CUDA tensors) backend."""
+
+    def __init__(self, name: str, d):
+        import torch
+        import torch.distributed as tdist
+
+        self.name, self._tdist = name, tdist
+        if name == "nccl":
+            self.device = d.device
+            # the job's default group may be gloo; nccl gets its own group over the same ranks
+            self.group = None if d.backend == "nccl" else tdist.new_group(backend="nccl")
+        else:
+            self.device = torch.device("cpu")
+            self.group = None if d.backend == "gloo" else tdist.new_group(backend="gloo")
+
+    def allreduce(self, t) -> None:
+        self._tdist.all_reduce(t, op=self._tdist.ReduceOp.SUM, group=self.group)
+
+    def barrier(self) -> None:
+        if self.name == "nccl":
+            import torch
+            self.allreduce(torch.zeros(1, device=self.device))
+            self.sync()
+        else:
+            self._tdist.barrier(group=self.group)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+
+
+class MPICollective(Collective):
+    """mpi4py: Allreduce(IN_PLACE, SUM) on the CPU tensor's own buffer (no copy)."""
+
+    name = "mpi"
+
+    def __init__(self):
+        import torch
+        from mpi4py import MPI
+
+        self.MPI, self.comm = MPI, MPI.COMM_WORLD
+        self.device = torch.device("cpu")
+
+    def allreduce(self, t) -> None:
+        self.comm.Allreduce(self.MPI.IN_PLACE, [t.numpy(), self.MPI.FLOAT], op=self.MPI.SUM)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+
+class HorovodCollective(Collective):
+    """horovod.torch.allreduce_(op=Sum) on CPU tensors (CUDA ones when Horovod was built with GPU ops)."""
+
+    name = "horovod"
+
+    def __init__(self, d):
+        import torch
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        gpu = d.device.type == "cuda" and hvd.nccl_built()
+        self.device = d.device if gpu else torch.device("cpu")
+
+    def allreduce(self, t) -> None:
+        self.hvd.allreduce_(t, op=self.hvd.Sum, name=f"bench.{t.numel()}")
+
+    def barrier(self) -> None:
+        if hasattr(self.hvd, "barrier"):
+            self.hvd.barrier()
+        else:
+            import torch
+            self.hvd.allreduce_(torch.zeros(1, device=self.device), op=self.hvd.Sum, name="bench.barrier")
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(self.device)
+
+
+def availability(name: str, d) -> str | None:
+    """None when engine `name` can run in this job, else the reason it is skipped (same on every rank)."""
+    import torch
+    import torch.distributed as tdist
+
+    if name == "gloo":
+        return None if tdist.is_gloo_available() else "torch was built without gloo"
+    if name == "nccl":
+        if d.device.type != "cuda":
+            return "no CUDA device visible (nccl needs GPUs)"
+        return None if tdist.is_nccl_available() else "torch was built without NCCL"
+    if name == "mpi":
+        if not d.env.is_mpi:
+            return (f"not started by an MPI launcher (launcher: {d.env.launcher}); "
+                    "run under mpirun -np N for the mpi engine")
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return "mpi4py is not installed: pip install 'ddtrain[mpi]'"
+        if MPI.COMM_WORLD.Get_size() != d.world_size:
+            return (f"MPI reports {MPI.COMM_WORLD.Get_size()} rank(s), the launcher {d.world_size}: "
+                    "mpi4py uses another MPI library than this mpirun")
+        return None
+    if name == "horovod":
+        try:
+            import horovod.torch  # noqa: F401
+        except ImportError as exc:
+            if "horovod" not in str(exc):
+                return f"horovod.torch does not load ({exc}): rebuild it with {INSTALL_HOROVOD}"
+            return f"horovod is not installed: run {INSTALL_HOROVOD}"
+        if not d.env.is_mpi and "HOROVOD_RANK" not in os.environ:
+            return f"not started by mpirun or horovodrun (launcher: {d.env.launcher})"
+        return None
+    raise UserError(f"unknown engine {name}; choose from {','.join(ENGINES)}")
+
+
+def make_collective(name: str, d) -> Collective:
+    """The collective for an available engine name."""
+    if name in ("gloo", "nccl"):
+        return TorchCollective(name, d)
+    if name == "mpi":
+        return MPICollective()
+    if name == "horovod":
+        return HorovodCollective(d)
+    raise UserError(f"unknown engine {name}")
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def check_once(coll: Collective, nbytes: int, rank: int, world_size: int) -> bool:
+    """One allreduce of a known pattern: element i of rank r holds r+1 + i%7; the sum is exact in float32."""
+    import torch
+
+    n = nbytes // DTYPE_BYTES
+    pattern = (torch.arange(n, dtype=torch.int64) % 7).to(torch.float32)
+    t = (pattern + (rank + 1)).to(coll.device)
+    coll.allreduce(t)
+    coll.sync()
+    expected = (pattern * world_size + world_size * (world_size + 1) / 2).to(coll.device)
+    return bool(torch.equal(t, expected))
+
+
+def time_allreduce(coll: Collective, nbytes: int, iters: int, warmup: int) -> float:
+    """This rank's mean seconds per in-place allreduce of nbytes (after a barrier and warm-up)."""
+    import torch
+
+    t = torch.zeros(nbytes // DTYPE_BYTES, dtype=torch.float32, device=coll.device)  # sums stay 0: no overflow
+    coll.barrier()
+    for _ in range(warmup):
+        coll.allreduce(t)
+    coll.sync()
+    coll.barrier()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        coll.allreduce(t)
+    coll.sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def memcpy_bandwidth(nbytes: int, repeats: int = 5, device=None) -> float:
+    """Best-of-`repeats` bytes/s of one tensor copy_ of nbytes on this process (size / time)."""
+    import torch
+
+    device = device or torch.device("cpu")
+    src = torch.ones(nbytes // DTYPE_BYTES, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first copy touches fresh pages: not counted
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        if _ > 0:
+            best = min(best, dt)
+    return nbytes / best
+
+
+def measure_memcpy(d, nbytes: int, repeats: int) -> dict:
+    """Copy bandwidth on rank 0 alone (the ceiling reported) and on every rank at once, per device type."""
+    import torch
+
+    devices = [torch.device("cpu")] + ([d.device] if d.device.type == "cuda" else [])
+    out = {}
+    for device in devices:
+        d.barrier()
+        alone = memcpy_bandwidth(nbytes, repeats, device) if d.is_main else None
+        d.barrier()
+        together = d.all_gather_object(memcpy_bandwidth(nbytes, repeats, device))
+        out[device.type] = {"bytes": nbytes, "repeats": repeats, "threads": torch.get_num_threads(),
+                            "bytes_per_s": d.broadcast_object(alone),
+                            "concurrent_per_rank_bytes_per_s": together}
+    return out
+
+
+def bench_engine(coll: Collective, d, sizes: list[int], iters: int, warmup: int) -> list[dict]:
+    """One row per size: max-over-ranks mean time, algbw, busbw (bytes/s and GB/s), correctness on all ranks."""
+    mine = []
+    for nbytes in sizes:
+        coll.barrier()
+        ok = check_once(coll, nbytes, d.rank, d.world_size)
+        mine.append((time_allreduce(coll, nbytes, iters, warmup), ok))
+    everyone = d.all_gather_object(mine)
+    rows = []
+    for i, nbytes in enumerate(sizes):
+        seconds = max(r[i][0] for r in everyone)
+        algbw = algorithm_bandwidth(nbytes, seconds)
+        busbw = bus_bandwidth(algbw, d.world_size)
+        rows.append({"bytes": nbytes, "count": nbytes // DTYPE_BYTES, "time_us": seconds * 1e6,
+                     "algbw_GBps": algbw / 1e9, "busbw_GBps": busbw / 1e9,
+                     "time_us_per_rank": [r[i][0] * 1e6 for r in everyone],
+                     "correct": all(r[i][1] for r in everyone)})
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def format_table(name: str, device: str, rows: list[dict]) -> str:
+    """nccl-tests-like table for one engine."""
+    lines = [f"# engine {name} ({device}), float32, op sum, in place",
+             f"# {'size (B)':>12s} {'count':>11s} {'time (us)':>11s} {'algbw GB/s':>11s} {'busbw GB/s':>11s} ok"]
+    for r in rows:
+        lines.append(f"  {r['bytes']:12d} {r['count']:11d} {r['time_us']:11.2f} {r['algbw_GBps']:11.4f} "
+                     f"{r['busbw_GBps']:11.4f} {'yes' if r['correct'] else 'WRONG'}")
+    return "\n".join(lines)
+
+
+def summarise(result: dict) -> str:
+    """The memcpy ceiling and each engine's busbw at the reference size as a fraction of it."""
+    lines = []
+    for dev, m in result["memcpy"].items():
+        lines.append(f"memcpy {dev}: {m['bytes_per_s'] / 1e9:.3f} GB/s (copy_ of {human_bytes(m['bytes'])}, best of "
+                     f"{m['repeats']}, rank 0 alone; all ranks at once: "
+                     f"{', '.join(f'{b / 1e9:.3f}' for b in m['concurrent_per_rank_bytes_per_s'])} GB/s)")
+    for name, e in result["engines"].items():
+        if e["status"] != "ok":
+            lines.append(f"{name:8s} skipped: {e['reason']}")
+        else:
+            lines.append(f"{name:8s} busbw at {human_bytes(e['ref_bytes'])}: {e['ref_busbw_GBps']:.3f} GB/s = "
+                         f"{e['busbw_fraction_of_memcpy']:.3f} of memcpy ({e['device']})")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ddtrain-bench allreduce."""
+    p = argparse.ArgumentParser(prog="ddtrain-bench allreduce", description=__doc__.split("\n\n")[2],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--min-bytes", default="4", help="smallest message (K/M/G suffixes allowed)")
+    p.add_argument("--max-bytes", default="256M", help="largest message")
+    p.add_argument("--factor", type=float, default=2.0, help="each size is this times the previous")
+    p.add_argument("--iters", type=int, default=20, help="timed allreduces per size")
+    p.add_argument("--warmup", type=int, default=5, help="untimed allreduces per size before timing")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
+    p.add_argument("--dtype", default="float32", choices=["float32"], help="element type")
+    p.add_argument("--memcpy-bytes", default="64M", help="size of the local copy_ that gives the ceiling")
+    p.add_argument("--memcpy-repeats", type=int, default=5, help="copies; the best counts")
+    p.add_argument("--ref-bytes", default="64M", help="size whose busbw is compared with memcpy")
+    p.add_argument("--timeout-s", type=float, default=300.0, help="process-group timeout")
+    p.add_argument("--json", type=Path, help="write the results here (rank 0)")
+    return p
+
+
+def run(opts, d) -> dict:
+    """Measure memcpy and every requested engine in the job d; returns the JSON-able result."""
+    sizes = message_sizes(parse_bytes(opts.min_bytes), parse_bytes(opts.max_bytes), opts.factor)
+    ref = reference_size(sizes, parse_bytes(opts.ref_bytes))
+    result = {"world_size": d.world_size, "launcher": d.env.launcher, "dtype": "float32", "op": "sum",
+              "in_place": True, "iters": opts.iters, "warmup": opts.warmup, "factor": opts.factor,
+              "sizes": sizes, "ref_bytes": ref,
+              "memcpy": measure_memcpy(d, parse_bytes(opts.memcpy_bytes), opts.memcpy_repeats), "engines": {}}
+    for name in parse_engines(opts.engines):
+        reason = availability(name, d)
+        reasons = set(d.all_gather_object(reason))  # skip only together
+        if reasons != {None}:
+            result["engines"][name] = {"status": "skipped", "reason": "; ".join(sorted(r for r in reasons if r))}
+            if d.is_main:
+                print(f"# engine {name}: skipped: {result['engines'][name]['reason']}", flush=True)
+            continue
+        coll = make_collective(name, d)
+        rows = bench_engine(coll, d, sizes, opts.iters, opts.warmup)
+        at_ref = next(r for r in rows if r["bytes"] == ref)
+        ceiling = result["memcpy"][coll.device.type]["bytes_per_s"]
+        result["engines"][name] = {
+            "status": "ok", "device": coll.device.type, "rows": rows, "ref_bytes": ref,
+            "ref_busbw_GBps": at_ref["busbw_GBps"],
+            "busbw_fraction_of_memcpy": at_ref["busbw_GBps"] * 1e9 / ceiling,
+            "all_correct": all(r["correct"] for r in rows)}
+        if d.is_main:
+            print(format_table(name, coll.device.type, rows), flush=True)
+    if d.is_main:
+        print(summarise(result), flush=True)
+    return result
+
+
+def main(argv: list[str]) -> dict:
+    """ddtrain-bench allreduce (see the module docstring)."""
+    from ddtrain import cli
+    from ddtrain import dist as ddist
+    from ddtrain.env import detect
+
+    opts = build_parser().parse_args(argv)
+    with cli.user_errors():
+        parse_engines(opts.engines)
+        message_sizes(parse_bytes(opts.min_bytes), parse_bytes(opts.max_bytes), opts.factor)
+        parse_bytes(opts.memcpy_bytes), parse_bytes(opts.ref_bytes)
+        if opts.iters < 1 or opts.warmup < 0 or opts.memcpy_repeats < 1:
+            raise UserError("--iters and --memcpy-repeats must be at least 1, --warmup at least 0")
+        env = detect(os.environ)
+        if env.world_size < 2:
+            raise UserError("ddtrain-bench allreduce needs at least 2 ranks: run it under mpirun -np N "
+                            "or torchrun --nproc-per-node N --no-python ddtrain-bench allreduce")
+        d = ddist.init(env, "auto", opts.timeout_s)
+    result = run(opts, d)
+    if d.is_main and opts.json:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
+        opts.json.write_text(json.dumps(result, indent=2) + "\n")
+    wrong = [n for n, e in result["engines"].items() if e["status"] == "ok" and not e["all_correct"]]
+    d.barrier()
+    ddist.shutdown(d)
+    if wrong:
+        print(f"ddtrain: error: allreduce gave wrong sums with engine(s) {', '.join(wrong)}", file=sys.stderr)
+        sys.exit(1)
+    return result
