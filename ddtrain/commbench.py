@@ -177,7 +177,12 @@ class HorovodCollective(Collective):
         import torch
         import horovod.torch as hvd
 
-        hvd.init()
+        if not hvd.is_initialized():  # ddtrain.dist.init(engine="horovod") may have done it
+            if d.env.is_mpi and hvd.mpi_built():
+                from mpi4py import MPI
+                hvd.init(comm=MPI.COMM_WORLD)
+            else:
+                hvd.init()
         self.hvd = hvd
         gpu = d.device.type == "cuda" and hvd.nccl_built()
         self.device = d.device if gpu else torch.device("cpu")
@@ -200,7 +205,6 @@ class HorovodCollective(Collective):
 
 def availability(name: str, d) -> str | None:
     """None when engine `name` can run in this job, else the reason it is skipped (same on every rank)."""
-    import torch
     import torch.distributed as tdist
 
     if name == "gloo":

@@ -82,8 +82,23 @@ def build_engine_or_reason(name: str, d, bucket_cap_mb: float):
         return None, f"{exc}{hint}"
 
 
+def engine_dist(name: str, d, timeout_s: float, bucket_cap_mb: float):
+    """The Dist an engine runs on: the job's torch group for ddp; for horovod/mpi, ddtrain.dist.init with that engine
+    (Horovod initialised as training does it, with its fusion threshold from bucket_cap_mb; mpi: mpi4py's world)."""
+    from ddtrain import dist as ddist
+
+    if name == "ddp":
+        return d
+    return ddist.init(d.env, "auto", timeout_s, engine=name, bucket_cap_mb=bucket_cap_mb)
+
+
 class StepTimer:
-    """One model wrapped by one engine, with a fixed synthetic batch; times blocks of steps."""
+    """One model wrapped by one engine, with a fixed synthetic batch; times blocks of steps.
+
+    The step follows the trainer's order: backward, finish_gradients, then the optimizer step inside
+    the engine's step_context; a step without sync runs forward and backward inside
+    engine.local_backward (engine.no_sync where an engine has no separate one).
+    """
 
     def __init__(self, d, engine, model_cfg, batch: int, seed: int = 0):
         import torch
@@ -95,22 +110,38 @@ class StepTimer:
         self.model = build_model(model_cfg, SAMPLE_SHAPE, NUM_CLASSES).to(d.device)
         self.grad_bytes = gradient_bytes(self.model)
         self.wrapped = engine.wrap(self.model)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed + d.rank)
+        opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        wrap_optimizer = getattr(engine, "wrap_optimizer", None)
+        self.opt = wrap_optimizer(opt, self.model, 1) if wrap_optimizer else opt
+        if hasattr(engine, "broadcast_state"):
+            engine.broadcast_state(self.model, self.opt)
+        self.local = getattr(engine, "local_backward", engine.no_sync)
+        self.step_context = getattr(engine, "step_context", contextlib.nullcontext)
+        gen = torch.Generator().manual_seed(seed + d.rank)  # each rank its own data, as in training
         self.x = torch.randn(batch, *SAMPLE_SHAPE, generator=gen).to(d.device)
         self.y = torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(d.device)
 
     def step(self, sync: bool) -> None:
-        """Forward, backward, (finish the exchange), SGD step; without sync the backward runs in no_sync."""
+        """Forward, backward, (finish the exchange), SGD step; without sync no gradient leaves the rank."""
         import torch.nn.functional as F
 
-        with contextlib.nullcontext() if sync else self.engine.no_sync(self.wrapped):
+        with contextlib.nullcontext() if sync else self.local(self.wrapped):
             loss = F.cross_entropy(self.wrapped(self.x), self.y)
             loss.backward()
         if sync:
             self.engine.finish_gradients()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        with self.step_context():
+            self.opt.step()
+        self.opt.zero_grad()  # set_to_none (Horovod's wrapper takes no argument)
+
+    def ranks_identical(self) -> bool:
+        """True when every rank holds bit-identical parameters."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for p in self.model.parameters():
+            digest.update(p.detach().cpu().numpy().tobytes())
+        return len(set(self.d.all_gather_object(digest.hexdigest()))) == 1
 
     def _device_sync(self) -> None:
         if self.d.device.type == "cuda":
@@ -130,7 +161,15 @@ class StepTimer:
 
 
 def measure(timer: StepTimer, coll, steps: int, warmup: int, repeats: int, comm_iters: int) -> dict:
-    """ABBA-ordered sync/no-sync blocks and the allreduce of the gradient bytes alone; times in ms."""
+    """ABBA-ordered sync/no-sync blocks and the allreduce of the gradient bytes alone; times in ms.
+
+    First a check that the two kinds of step differ as they should: from identical weights, a step
+    with sync leaves the ranks identical, and a step without it (each rank has its own data) does not.
+    """
+    timer.step(True)
+    identical_after_sync = timer.ranks_identical()
+    timer.step(False)
+    identical_after_nosync = timer.ranks_identical()
     for sync in (True, False):
         for _ in range(warmup):
             timer.step(sync)
@@ -142,7 +181,8 @@ def measure(timer: StepTimer, coll, steps: int, warmup: int, repeats: int, comm_
     t_comm = max(timer.d.all_gather_object(commbench.time_allreduce(coll, comm_bytes, comm_iters, 1))) * 1e3
     return {"grad_bytes": timer.grad_bytes, "t_sync_ms": t_sync, "t_nosync_ms": t_nosync,
             "not_hidden_ms": t_sync - t_nosync, "t_comm_alone_ms": t_comm,
-            "hidden_fraction": hidden_fraction(t_sync, t_nosync, t_comm), "blocks": blocks}
+            "hidden_fraction": hidden_fraction(t_sync, t_nosync, t_comm), "blocks": blocks,
+            "identical_after_sync": identical_after_sync, "identical_after_nosync": identical_after_nosync}
 
 
 def format_report(result: dict) -> str:
@@ -181,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(opts, overrides: list[str], d) -> dict:
     """Every requested engine x model in the job d; returns the JSON-able result."""
     from ddtrain import cli
+    from ddtrain import dist as ddist
 
     engines = _names(opts.engines, ENGINES, "--engines")
     models = [m.strip() for m in opts.models.split(",") if m.strip()]
@@ -188,21 +229,27 @@ def run(opts, overrides: list[str], d) -> dict:
     result = {"world_size": d.world_size, "launcher": d.env.launcher, "device": str(d.device),
               "batch_per_rank": opts.batch, "steps": opts.steps, "warmup": opts.warmup, "repeats": opts.repeats,
               "comm_iters": opts.comm_iters, "sample_shape": list(SAMPLE_SHAPE), "engines": {}}
+    bucket_cap_mb = cfgs[models[0]].dist.bucket_cap_mb
     for name in engines:
         coll_name, reason = collective_for(name, d)
-        engine = None
-        if reason is None:
-            engine, reason = build_engine_or_reason(name, d, cfgs[models[0]].dist.bucket_cap_mb)
+        if reason is None:  # an engine that cannot be built (not written yet, package missing) is a skip
+            reason = build_engine_or_reason(name, d, bucket_cap_mb)[1]
         reasons = set(d.all_gather_object(reason))  # skip only together
         if reasons != {None}:
             result["engines"][name] = {"status": "skipped", "reason": "; ".join(sorted(r for r in reasons if r))}
             continue
-        coll = commbench.make_collective(coll_name, d)
-        entry = result["engines"][name] = {"status": "ok", "collective": coll_name, "models": {}}
+        ed = engine_dist(name, d, opts.timeout_s, bucket_cap_mb)
+        coll = commbench.make_collective(coll_name, ed)
+        entry = result["engines"][name] = {"status": "ok", "collective": coll_name, "backend": ed.backend,
+                                           "models": {}}
         for m in models:
-            timer = StepTimer(d, engine, cfgs[m].model, opts.batch)
+            engine = build_engine_or_reason(name, ed, bucket_cap_mb)[0]  # a fresh engine per model
+            timer = StepTimer(ed, engine, cfgs[m].model, opts.batch)
             entry["models"][m] = measure(timer, coll, opts.steps, opts.warmup, opts.repeats, opts.comm_iters)
-            del timer
+            del timer, engine
+        ed.barrier()
+        if ed is not d:
+            ddist.shutdown(ed)
     if d.is_main:
         print(format_report(result), flush=True)
     return result
