@@ -8,7 +8,7 @@
 #   --dry-run   print the launcher's command only
 # Everything else is passed to the program as Hydra overrides, e.g.
 #   launch/local.sh model=mlp train.epochs=5
-#   launch/local.sh -n 4 --sweep sweep.batch_sizes=[64,256,1024]
+#   launch/local.sh -n 4 --sweep 'sweep.batch_sizes=[64,256,1024]'
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${DDTRAIN_VENV:-$root/.venv}
