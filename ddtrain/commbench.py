@@ -212,7 +212,16 @@ def availability(name: str, d) -> str | None:
     if name == "nccl":
         if d.device.type != "cuda":
             return "no CUDA device visible (nccl needs GPUs)"
-        return None if tdist.is_nccl_available() else "torch was built without NCCL"
+        if not tdist.is_nccl_available():
+            return "torch was built without NCCL"
+        import socket
+
+        import torch
+        gpu = (socket.gethostname(), str(getattr(torch.cuda.get_device_properties(d.device), "uuid", d.device.index)))
+        gpus = d.all_gather_object(gpu)  # every rank calls availability for the same names in order
+        if len(set(gpus)) < len(gpus):
+            return "ranks share a GPU (nccl needs one GPU per rank): start at most one rank per GPU"
+        return None
     if name == "mpi":
         if not d.env.is_mpi:
             return (f"not started by an MPI launcher (launcher: {d.env.launcher}); "
@@ -438,7 +447,8 @@ def main(argv: list[str]) -> dict:
         if env.world_size < 2:
             raise UserError("ddtrain-bench allreduce needs at least 2 ranks: run it under mpirun -np N "
                             "or torchrun --nproc-per-node N --no-python ddtrain-bench allreduce")
-        d = ddist.init(env, "auto", opts.timeout_s)
+        # the job's own group is gloo (CPU bookkeeping, also with GPUs); nccl gets a group of its own
+        d = ddist.init(env, "gloo", opts.timeout_s)
     result = run(opts, d)
     if d.is_main and opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ gradient bytes with the engine's own collective (ddtrain-bench allreduce's timin
 
 is 1 when the exchange costs the step nothing and 0 when none of it overlaps with computation
 (negative: syncing costs more than the allreduce alone, e.g. per-bucket overheads).
-Hydra overrides after the options apply to every model (e.g. model.hidden_sizes=[1024,1024]).
+Hydra overrides after the options apply to every model (e.g. 'model.hidden_sizes=[1024,1024]').
 """
 
 from __future__ import annotations
