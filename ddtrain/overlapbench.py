@@ -5,9 +5,9 @@
 
 For each engine and model (built by ddtrain.models.build_model from configs/model, on synthetic
 MNIST-shaped samples [1, 28, 28], 10 classes) one training step is timed two ways: with gradient
-synchronisation (forward, backward, engine.finish_gradients, SGD step) and without it (the same
-inside engine.no_sync, so no allreduce happens). Blocks of `steps` steps alternate in ABBA order
-(sync, no-sync, no-sync, sync, ...) to cancel drift; each block's time is the max over ranks, and
+synchronisation (forward, backward, engine.finish_gradients, SGD step) and without it (forward
+and backward inside engine.local_backward, i.e. no_sync, so no allreduce happens). Blocks of
+`steps` steps alternate in ABBA order (sync, no-sync, no-sync, sync, ...) to cancel drift; each block's time is the max over ranks, and
 the medians over `repeats` pairs are reported. The exchange alone is one allreduce of the model's
 gradient bytes with the engine's own collective (ddtrain-bench allreduce's timing), and
 
@@ -204,7 +204,7 @@ def format_report(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ddtrain-bench overlap."""
-    p = argparse.ArgumentParser(prog="ddtrain-bench overlap", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="ddtrain-bench overlap", description=__doc__.split("\n\n")[2],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ",".join(ENGINES))
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated configs/model names")
