@@ -8,8 +8,9 @@ MNIST-shaped samples [1, 28, 28], 10 classes) one training step is timed two way
 synchronisation (forward, backward, engine.finish_gradients, SGD step) and without it (forward
 and backward inside engine.local_backward, i.e. no_sync, so no allreduce happens). Blocks of
 `steps` steps alternate in ABBA order (sync, no-sync, no-sync, sync, ...) to cancel drift; each
-block's time is the max over ranks, and the medians over `repeats` pairs are reported. The exchange alone is one allreduce of the model's
-gradient bytes with the engine's own collective (ddtrain-bench allreduce's timing), and
+block's time is the max over ranks, and the medians over `repeats` pairs are reported. The
+exchange alone is one allreduce of the model's gradient bytes with the engine's own collective
+(ddtrain-bench allreduce's timing), and
 
     hidden fraction = 1 - (t_sync - t_nosync) / t_comm_alone
 
