@@ -13,8 +13,9 @@ setup:
 demo: setup
 	$(VENV)/bin/mpirun -np 2 --oversubscribe --bind-to none $(VENV)/bin/ddtrain-train $(ARGS)
 
-# the whole test suite (what CI runs)
+# the whole test suite (what CI runs); also installs SLURM, PMIx, iproute2 and Horovod (cached wheel)
 test: setup
+	bash launch/setup-test.sh
 	$(VENV)/bin/pytest -q -ra $(ARGS)
 
 # the quick subset: no multi-process end-to-end runs

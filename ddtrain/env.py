@@ -10,8 +10,9 @@ Rules, first match wins:
 2. Open MPI (mpirun/mpiexec): OMPI_COMM_WORLD_RANK set.
 3. MPICH / Intel MPI (Hydra) or any PMI-1/2 launcher: PMI_RANK set -- except when the PMI vars
    were put there by Slurm's own PMI plugin in a plain ``srun`` step (see ``_is_slurm_own_pmi``).
-4. SLURM ``srun`` step: SLURM_PROCID set and SLURM_STEP_ID (or SLURM_STEPID) set.
-5. Otherwise a single process.
+4. horovodrun with its Gloo controller: HOROVOD_RANK and HOROVOD_SIZE set (rendezvous by Horovod).
+5. SLURM ``srun`` step: SLURM_PROCID set and SLURM_STEP_ID (or SLURM_STEPID) set.
+6. Otherwise a single process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ddtrain.errors import UserError
 
 __all__ = ["DistEnv", "detect", "parse_slurm_nodelist", "slurm_master_port"]
 
-LAUNCHERS = ("torchrun", "openmpi", "mpich", "slurm", "single")
+LAUNCHERS = ("torchrun", "openmpi", "mpich", "horovodrun", "slurm", "single")
 
 LOCALHOST = "127.0.0.1"
 # torchrun's own default, so `RANK=0 WORLD_SIZE=1 python ...` behaves like torchrun does.
@@ -44,7 +45,7 @@ class DistEnv:
     """Where this process sits in the job: launcher, ranks, and the rendezvous address if known."""
 
     launcher: str
-    """One of torchrun, openmpi, mpich (MPICH or Intel MPI, PMI_* vars), slurm, single."""
+    """One of torchrun, openmpi, mpich (MPICH or Intel MPI, PMI_* vars), horovodrun (Gloo), slurm, single."""
     rank: int
     world_size: int
     local_rank: int
@@ -294,6 +295,11 @@ def detect(environ: Mapping[str, str]) -> DistEnv:
                                          "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"))
     if _get(environ, "PMI_RANK") is not None and not _is_slurm_own_pmi(environ):
         return _mpi(environ, "mpich", ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"))
+    if _get(environ, "HOROVOD_RANK") is not None and _get(environ, "HOROVOD_SIZE") is not None:
+        names = ("HOROVOD_RANK", "HOROVOD_SIZE", "HOROVOD_LOCAL_RANK", "HOROVOD_LOCAL_SIZE")
+        found = _mpi(environ, "horovodrun", names)
+        return DistEnv("horovodrun", found.rank, found.world_size, found.local_rank, found.local_world_size,
+                       found.master_addr, found.master_port, _int(environ, "HOROVOD_CROSS_RANK", default=0))
     if _in_slurm_step(environ):
         return _slurm(environ)
     return DistEnv("single", 0, 1, 0, 1, LOCALHOST, None)

@@ -54,7 +54,7 @@ class Lars(torch.optim.Optimizer):
     its weight_decay as an L2 term; build_optimizer gives that group weight_decay = 0.
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+    def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, lars: bool = True):
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")

@@ -174,7 +174,7 @@ def run_sweep(cfg: DictConfig, output_dir: str) -> list[dict]:
     env = detect(os.environ)
     validate(cfg, env.world_size)
     validate_sweep(cfg, env.world_size)
-    d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s)
+    d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s, cfg.dist.engine, cfg.dist.bucket_cap_mb)
     sweep_dir = Path(d.broadcast_object(str(Path(output_dir).resolve())))
     cli.setup_logging(sweep_dir, d.rank, d.world_size, cfg.logging.level)
     rows = d.broadcast_object(report.read_rows(sweep_dir) if d.is_main else None)

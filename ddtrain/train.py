@@ -79,7 +79,7 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
     if own_group:
         env = detect(os.environ)
         validate(cfg, env.world_size)
-        d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s)
+        d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s, cfg.dist.engine, cfg.dist.bucket_cap_mb)
     else:
         validate(cfg, d.world_size)
     env = d.env
@@ -107,12 +107,12 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
         torch.backends.cudnn.benchmark = tc.cudnn_benchmark
     fps = flops_per_sample(model, tuple(splits.input_shape), splits.num_classes, device=d.device)
     gpu = lookup_gpu(torch.cuda.get_device_name(d.device)) if d.device.type == "cuda" else None
-    engine = build_engine(cfg.dist.engine, d, cfg.dist.bucket_cap_mb)
+    engine = build_engine(cfg.dist.engine, d, cfg.dist.bucket_cap_mb, cfg.dist.compression)
     wrapped = engine.wrap(model)
     if tc.compile:
         wrapped = torch.compile(wrapped)  # after DDP wraps it, so the compiler sees the bucket boundaries
     lr = scaled_lr(tc.lr, tc.global_batch_size, tc.base_batch_size, tc.lr_scaling)
-    optimizer = build_optimizer(model, cfg.optimizer, lr)
+    optimizer = engine.wrap_optimizer(build_optimizer(model, cfg.optimizer, lr), model, tc.grad_accum_steps)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps, steps_per_epoch, warmup_start_factor=tc.lr / lr)
     scaler = torch.amp.GradScaler(d.device.type, enabled=tc.precision == "fp16")
 
@@ -138,6 +138,7 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
         checkpointer.restore_rng(state)
         start_step, resumed_from = int(state["step"]), str(resume_path)
         log.info("resumed from %s at step %d", resume_path, start_step)
+    engine.broadcast_state(model, optimizer)  # every rank starts from rank 0's model and optimizer state
 
     log.info("training %s on %s: %d steps, global batch %d (%d per rank x %d rank(s) x %d accumulation), lr %.4g",
              cfg.model.name, cfg.dataset.name, steps, tc.global_batch_size, per_rank, d.world_size,

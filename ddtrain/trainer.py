@@ -127,9 +127,10 @@ class Trainer:
         if self.s.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)  # clip the true averaged gradient, not the scaled one
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
-        self.scaler.step(self.optimizer)
+        with self.engine.step_context():
+            self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()  # set_to_none (torch's default; Horovod's wrapper takes no argument)
         self.scheduler.step()
 
     def _to_model(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,13 +190,14 @@ class Trainer:
         try:
             _inject_oom(self.dist.rank, self.batches.per_rank_batch_size)
             x, y = self._to_model(*self.batches.get(start_step, 0))
-            with self.engine.no_sync(self.model), self.autocast():
-                loss = F.cross_entropy(self.model(x).float(), y)
-            self.scaler.scale(loss).backward()
+            with self.engine.local_backward(self.model):  # forward and backward: hooks fire in both
+                with self.autocast():
+                    loss = F.cross_entropy(self.model(x).float(), y)
+                self.scaler.scale(loss).backward()
             del x, y, loss
         except torch.OutOfMemoryError:
             failed = 1.0
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         with torch.no_grad():
             for k, v in model.named_buffers():
                 v.copy_(buffers[k])

@@ -36,6 +36,7 @@ if ls "$dest"/horovod-*.whl >/dev/null 2>&1; then
 else
     echo "install-horovod: building Horovod $HOROVOD_VERSION for $key (a few minutes)"
     command -v cmake >/dev/null || pip install -q "cmake<4"
+    pip install -q "setuptools>=70.1" wheel   # a new venv's setuptools has no bdist_wheel
     command -v mpicxx >/dev/null || echo "install-horovod: no mpicxx on PATH; building without MPI" >&2
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT

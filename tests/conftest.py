@@ -47,7 +47,7 @@ def base_env() -> dict:
     env = dict(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
     for key in list(env):  # a test must not inherit a launcher's identity from its own environment
-        if key.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_")) or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        if key.startswith(("OMPI_COMM_WORLD", "PMI_", "SLURM_", "HOROVOD_")) or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
             env.pop(key)
     return env
 

@@ -1,0 +1,202 @@
+"""mpi4py engine: bucketed, non-blocking MPI allreduce overlapped with the backward pass.
+
+For sites where PyTorch has no MPI backend: no torch process group is involved. Parameters are
+grouped into buckets of about dist.bucket_cap_mb in reverse registration order (the order in
+which backward produces their gradients). A post-accumulate-grad hook copies each gradient
+into its bucket's contiguous buffer; when a bucket is complete, its buffer is allreduced with
+MPI Iallreduce while backward goes on. Buckets are started strictly in order, so every rank
+issues the same sequence of collectives. finish_gradients() waits for all of them, averages,
+and points each parameter's .grad at its slice of the buffer (no copy back).
+
+CUDA tensors go to MPI directly when the library is CUDA-aware (DDTRAIN_MPI_CUDA_AWARE=1, or
+the MPI library says so), otherwise through pinned host buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+from torch import nn
+
+from ddtrain.engines.base import Engine
+
+
+class _Bucket:
+    """Parameters whose gradients are exchanged in one allreduce."""
+
+    def __init__(self, params: list[nn.Parameter], device: torch.device, dtype: torch.dtype, staged: bool):
+        self.params = params
+        self.offsets = []
+        n = 0
+        for p in params:
+            self.offsets.append(n)
+            n += p.numel()
+        self.buffer = torch.zeros(n, device=device, dtype=dtype)
+        self.host = torch.zeros(n, dtype=dtype, pin_memory=True) if staged else None
+        self.filled = [False] * len(params)
+        self.ready = 0
+
+    def slice(self, i: int) -> torch.Tensor:
+        p = self.params[i]
+        return self.buffer[self.offsets[i]:self.offsets[i] + p.numel()].view_as(p)
+
+
+def cuda_aware(comm) -> bool:
+    """Whether MPI can read CUDA memory: DDTRAIN_MPI_CUDA_AWARE=0/1 decides, else the library's info."""
+    forced = os.environ.get("DDTRAIN_MPI_CUDA_AWARE")
+    if forced in ("0", "1"):
+        return forced == "1"
+    from mpi4py import MPI
+    kinds = MPI.INFO_ENV.Get("mpi_memory_alloc_kinds") or ""  # MPI 4.1+ libraries list "cuda" here
+    return "cuda" in kinds
+
+
+class MPIEngine(Engine):
+    """Gradients averaged by mpi4py Iallreduce on buckets, started from autograd hooks."""
+
+    name = "mpi"
+
+    def __init__(self, dist, bucket_cap_mb: float, comm=None):
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.dist = dist
+        self.world = dist.world_size
+        self.bucket_bytes = max(1, int(bucket_cap_mb * 1024 * 1024))
+        self.buckets: list[_Bucket] = []
+        self.where: dict[nn.Parameter, tuple[int, int]] = {}
+        self.syncing = True
+        self.next_bucket = 0
+        self.requests: list = []
+        self.squared_norm = None
+        self.trace: list[tuple] | None = None  # set to [] to record (event, bucket, time) for tests
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        self._broadcast(model)
+        staged = {p.device.type for p in model.parameters()} == {"cuda"} and not cuda_aware(self.comm)
+        params = [p for p in model.parameters() if p.requires_grad][::-1]  # the order backward produces
+        group: list[nn.Parameter] = []
+        size = 0
+        for p in params:
+            if group and (size + p.numel() * p.element_size() > self.bucket_bytes
+                          or p.dtype != group[0].dtype or p.device != group[0].device):
+                self._add_bucket(group, staged)
+                group, size = [], 0
+            group.append(p)
+            size += p.numel() * p.element_size()
+        if group:
+            self._add_bucket(group, staged)
+        for p in params:
+            p.register_post_accumulate_grad_hook(self._on_gradient)
+        return model
+
+    def _add_bucket(self, group: list[nn.Parameter], staged: bool) -> None:
+        index = len(self.buckets)
+        self.buckets.append(_Bucket(group, group[0].device, group[0].dtype, staged))
+        for slot, p in enumerate(group):
+            self.where[p] = (index, slot)
+
+    def _broadcast(self, model: nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank."""
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                if not t.is_floating_point() and t.dtype not in (torch.int64, torch.int32):
+                    continue
+                self._bcast_tensor(t)
+
+    def _bcast_tensor(self, t: torch.Tensor) -> None:
+        if t.device.type == "cpu" and t.is_contiguous():
+            self.comm.Bcast(t.detach(), root=0)
+        else:
+            host = t.detach().cpu().contiguous()
+            self.comm.Bcast(host, root=0)
+            t.copy_(host)
+
+    def broadcast_state(self, model: nn.Module, optimizer) -> None:
+        if self.world > 1:
+            self._broadcast(model)
+
+    # ---- per step -----------------------------------------------------------------------------
+    def no_sync(self, wrapped: nn.Module):
+        @contextlib.contextmanager
+        def paused():
+            self.syncing = False
+            try:
+                yield
+            finally:
+                self.syncing = True
+        return paused()
+
+    def watch_local_gradients(self, wrapped: nn.Module, squared_norm) -> bool:
+        self.squared_norm = squared_norm
+        return True
+
+    def _on_gradient(self, p: nn.Parameter) -> None:
+        """Autograd hook: p.grad is complete for this backward; copy it into its bucket."""
+        if not self.syncing:
+            return
+        index, slot = self.where[p]
+        bucket = self.buckets[index]
+        bucket.buffer[bucket.offsets[slot]:bucket.offsets[slot] + p.numel()].copy_(p.grad.reshape(-1))
+        if not bucket.filled[slot]:
+            bucket.filled[slot] = True
+            bucket.ready += 1
+        if bucket.ready == len(bucket.params):
+            self._start_ready()
+        elif self.requests:
+            self.MPI.Request.Testall(self.requests)  # MPI progresses started collectives only inside MPI calls
+
+    def _start_ready(self) -> None:
+        """Start every complete bucket whose predecessors have started (the same order on every rank)."""
+        while self.next_bucket < len(self.buckets):
+            bucket = self.buckets[self.next_bucket]
+            if bucket.ready < len(bucket.params):
+                break
+            self._start(self.next_bucket)
+            self.next_bucket += 1
+
+    def _start(self, index: int) -> None:
+        bucket = self.buckets[index]
+        if self.squared_norm is not None:
+            self.squared_norm.add_(bucket.buffer.double().pow(2).sum())  # this rank's own gradient
+        target = bucket.buffer
+        if bucket.buffer.device.type == "cuda":
+            if bucket.host is not None:
+                bucket.host.copy_(bucket.buffer, non_blocking=True)
+                target = bucket.host
+            torch.cuda.current_stream(bucket.buffer.device).synchronize()  # MPI must see finished data
+        self.requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, target))
+        if self.trace is not None:
+            self.trace.append(("start", index, time.perf_counter()))
+
+    def finish_gradients(self) -> None:
+        if self.world == 1 or not self.buckets:
+            return
+        # parameters that got no gradient this step count as zero (every rank must join every bucket)
+        for bucket in self.buckets:
+            for slot, done in enumerate(bucket.filled):
+                if not done:
+                    bucket.slice(slot).zero_()
+                    bucket.filled[slot] = True
+            bucket.ready = len(bucket.params)
+        self._start_ready()
+        self.MPI.Request.Waitall(self.requests)
+        if self.trace is not None:
+            self.trace.append(("waited", len(self.buckets), time.perf_counter()))
+        for bucket in self.buckets:
+            if bucket.host is not None:
+                bucket.buffer.copy_(bucket.host, non_blocking=True)
+            bucket.buffer.div_(self.world)
+            for slot, p in enumerate(bucket.params):
+                p.grad = bucket.slice(slot)  # the averaged gradient, in place in the bucket
+            bucket.filled = [False] * len(bucket.params)
+            bucket.ready = 0
+        self.requests = []
+        self.next_bucket = 0
