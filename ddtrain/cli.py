@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ddtrain.errors import UserError
+from ddtrain.errors import Preempted, UserError
 
 log = logging.getLogger("ddtrain")
 
@@ -27,13 +27,20 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turn UserError into one line and exit status 2 (a traceback only with DDTRAIN_TRACEBACK=1)."""
+    """Turn UserError into one line and exit status 2 (a traceback only with DDTRAIN_TRACEBACK=1).
+
+    A preempted run (ddtrain.errors.Preempted: checkpoint saved, line already logged) exits with 75.
+    """
     try:
         yield
     except UserError as exc:
         if _want_traceback():
             raise
         fail(str(exc), exc.exit_code)
+    except Preempted as exc:
+        sys.stdout.flush()
+        logging.shutdown()
+        os._exit(exc.exit_code)  # no process-group teardown: the requeued job starts afresh
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,3 +13,18 @@ class UserError(Exception):
 
 class OutOfMemory(RuntimeError):
     """A batch did not fit in device memory on some rank; every rank raises it together."""
+
+
+PREEMPTED_EXIT_CODE = 75
+"""Exit status of a run stopped by SIGTERM/SIGUSR1 after its checkpoint was saved (EX_TEMPFAIL: try again).
+
+launch/slurm.sbatch requeues the job when srun returns it; the requeued job resumes from the checkpoint."""
+
+
+class Preempted(Exception):
+    """Every rank agreed to stop on SIGTERM or SIGUSR1 and the checkpoint is saved (see ddtrain.preempt).
+
+    Entry points exit with PREEMPTED_EXIT_CODE at once, without tearing down the process group.
+    """
+
+    exit_code = PREEMPTED_EXIT_CODE

@@ -16,7 +16,8 @@ from torch import nn
 
 from ddtrain.data.feed import micro_batches
 from ddtrain.data.sharding import ShardedBatches, eval_shard
-from ddtrain.errors import OutOfMemory
+from ddtrain import preempt
+from ddtrain.errors import OutOfMemory, Preempted
 from ddtrain.metrics import MetricsSink, StepTimer, SumMeter
 from ddtrain.noise import GradientNoiseMeter
 
@@ -212,7 +213,19 @@ class Trainer:
                               f"{self.batches.per_rank_batch_size}) does not fit on {int(flags.item())} rank(s)")
 
     def fit(self, start_step: int = 0) -> dict:
-        """Train from start_step to total_steps (or the time budget); returns the figures for summary.json."""
+        """Train from start_step to total_steps (or the time budget); returns the figures for summary.json.
+
+        SIGTERM/SIGUSR1 during the loop: every rank stops at the same step boundary, the checkpoint is
+        saved and ddtrain.errors.Preempted raised (see ddtrain.preempt).
+        """
+        installed = preempt.install()
+        try:
+            return self._fit(start_step)
+        finally:
+            if installed:
+                preempt.uninstall()
+
+    def _fit(self, start_step: int) -> dict:
         from tqdm import tqdm
 
         s = self.s
@@ -227,12 +240,15 @@ class Trainer:
         interval_start, interval_step = time.perf_counter(), start_step
         self.timer.restart()
         done = start_step
+        vote = preempt.StopVote(self.dist)
         for step in range(start_step, s.total_steps):
             self.train_step(step)
             done = step + 1
             steady = warmup_end <= step and (measure_end is None or step < measure_end)
             self.timer.lap(keep=steady)
             bar.update(1)
+            if vote.poll():  # some rank got SIGTERM/SIGUSR1: all stop here
+                self._preempted(done, bar)
             last = done == s.total_steps
             due_eval = self.splits.val_x.shape[0] > 0 and not last and self._eval_due(done)
             due_ckpt = self.checkpointer is not None and s.checkpoint_every > 0 and (
@@ -265,8 +281,24 @@ class Trainer:
             # evaluation and checkpoints are not training time: restart the clocks
             interval_start, interval_step = time.perf_counter(), done
             self.timer.restart()
+        if vote.drain():  # a GPU vote still in flight when the loop ended
+            self._preempted(done, bar)
         bar.close()
         return self.finish(start_step, done)
+
+    def _preempted(self, done: int, bar) -> None:
+        """Every rank agreed to stop: save the checkpoint, log one line, raise Preempted (exit status 75)."""
+        bar.close()
+        path = self.checkpointer.save(done, self.state_dict(done)) if self.checkpointer is not None else None
+        self.dist.barrier()  # rank 0's checkpoint is on disk before any rank exits (srun --kill-on-bad-exit)
+        if self.sink is not None:
+            self.sink.close()
+        got = preempt.received()
+        message = (f"preempted ({preempt.signal_name(got) if got else 'signal on another rank'}) at step {done}/"
+                   f"{self.s.total_steps}: checkpoint {path or 'not saved (no run directory)'}; exit status "
+                   f"{Preempted.exit_code}, rerun with the same run directory and checkpoint.resume=auto to resume")
+        (log.warning if self.dist.is_main else log.info)(message)
+        raise Preempted(message)
 
     def _log_train(self, done: int, train: dict, samples_per_s: float, step_s: float, bar) -> None:
         self.last_train = train
