@@ -27,6 +27,9 @@ SBATCH = ROOT / "launch" / "slurm.sbatch"
 PREEMPTED = 75  # ddtrain.errors.PREEMPTED_EXIT_CODE
 LONG = 600  # steps of a run that gets preempted: a few seconds, long enough to signal it mid-way
 SHORT = 20
+# one intra-op thread per rank, as on one node with 2 ranks on 2 cores: with the same thread count
+# ranks on one node and on two give bit-identical parameters
+ONE_THREAD = {**base_env(), "OMP_NUM_THREADS": "1"}
 
 
 def train_args(cache: Path, run_dir: Path, steps: int, *extra: str) -> list[str]:
@@ -112,7 +115,7 @@ def launched(cluster, mnist1d_cache, tmp_path_factory):
     """`ddtrain-launch -n 2 --via srun -- ddtrain-train ...` of SHORT steps: (completed process, run directory)."""
     run_dir = tmp_path_factory.mktemp("launch") / "run"
     p = cluster.run([str(BIN / "ddtrain-launch"), "-n", "2", "--via", "srun", "--",
-                     *train_args(mnist1d_cache, run_dir, SHORT)], timeout=240, env=base_env())
+                     *train_args(mnist1d_cache, run_dir, SHORT)], timeout=240, env=ONE_THREAD)
     return p, run_dir
 
 
@@ -237,7 +240,7 @@ def test_two_nodes(launched, mnist1d_cache, tmp_path):
         where = c.run(["srun", "-N", "2", "-n", "2", "-l", "hostname"], timeout=60)
         assert where.returncode == 0, explain(where) + c.logs()
         assert sorted(where.stdout.split()) == ["0:", "1:", "n0", "n1"]
-        env = {**base_env(), "GLOO_SOCKET_IFNAME": "eth0"}
+        env = {**ONE_THREAD, "GLOO_SOCKET_IFNAME": "eth0"}
         p = c.run(["srun", "-N", "2", "-n", "2", *train_args(mnist1d_cache, run_dir, SHORT)], timeout=240, env=env)
         assert p.returncode == 0, explain(p) + c.logs()
     s = summary(run_dir)
