@@ -1,0 +1,96 @@
+"""Preemption without SLURM: the signal handlers, the stop vote, and an in-process run stopped and resumed.
+
+The multi-rank and real-SLURM cases (a signal to one rank only, sbatch requeue) are in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from ddtrain import preempt
+from ddtrain.config import config_dir, register_configs
+from ddtrain.errors import PREEMPTED_EXIT_CODE, Preempted
+
+RUN = ["model=mlp", "train.max_steps=30", "train.global_batch_size=32", "train.eval_every=0",
+       "train.log_every=5", "train.throughput_warmup_steps=0", "logging.progress=false",
+       "logging.tensorboard=false", "dataset.num_samples=400", "checkpoint.every_steps=0"]
+
+
+def compose_train(overrides: list[str]):
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3", job_name="test-preempt"):
+            return compose("train", overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+class _One:
+    world_size = 1
+    device = None
+
+
+def test_handlers_set_a_flag_and_are_restored():
+    before = signal.getsignal(signal.SIGUSR1)
+    assert preempt.install()
+    try:
+        vote = preempt.StopVote(_One())
+        assert not vote.poll()
+        signal.raise_signal(signal.SIGUSR1)  # handled: the process goes on
+        assert preempt.received() == signal.SIGUSR1
+        assert vote.poll()
+    finally:
+        preempt.uninstall()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    assert preempt.received() is None
+
+
+def test_second_signal_kills():
+    code = ("import signal, time\nfrom ddtrain import preempt\npreempt.install()\n"
+            "signal.raise_signal(signal.SIGTERM)\nprint('first handled', flush=True)\n"
+            "signal.raise_signal(signal.SIGTERM)\ntime.sleep(5)\nprint('survived')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout == "first handled\n"
+    assert p.returncode == -signal.SIGTERM
+
+
+def test_exit_code_is_distinct():
+    assert Preempted.exit_code == PREEMPTED_EXIT_CODE == 75
+    assert PREEMPTED_EXIT_CODE not in (0, 1, 2)  # success, crash, bad input (UserError)
+
+
+def test_preempted_run_checkpoints_and_resumes_to_the_same_parameters(in_process, tmp_path, monkeypatch):
+    """A SIGTERM during step 12 (checkpoint.every_steps=0): stop after it, checkpoint, resume, same digest."""
+    from ddtrain.train import run
+    from ddtrain.trainer import Trainer
+
+    cache = [f"dataset.cache_dir={tmp_path / 'cache'}"]
+    straight = run(compose_train(RUN + cache), str(tmp_path / "straight"))
+
+    original = Trainer.train_step
+
+    def signalled_step(self, step):
+        original(self, step)
+        if step == 12:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "train_step", signalled_step)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match=r"preempted \(SIGTERM\) at step 13/30"):
+        run(compose_train(RUN + cache), str(tmp_path / "cut"))
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored after the loop
+    assert (tmp_path / "cut" / "checkpoints" / "step_00000013.pt").is_file()
+    assert not (tmp_path / "cut" / "summary.json").exists()
+
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed = run(compose_train(RUN + cache), str(tmp_path / "cut"))
+    assert resumed["resumed_from"].endswith("step_00000013.pt")
+    assert resumed["trained_steps_this_run"] == 17
+    assert resumed["parameter_digest"] == straight["parameter_digest"]
