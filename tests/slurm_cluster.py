@@ -158,7 +158,9 @@ def write_conf(root: Path, nodes: list[Node], ctl_host: str, ctl_addr: str, cpus
         f"SlurmdPort={node_port}",
         "AuthType=auth/none",
         # job credential lifetime; also how long a requeued job waits before it may start again (default 120 s)
-        "AuthInfo=cred_expire=10",
+        "AuthInfo=cred_expire=5",
+        # look at pending jobs (a requeued one whose begin time has come) every 2 s, not every 60 s
+        "SchedulerParameters=sched_interval=2,bf_interval=2",
         "CredType=cred/none",
         "SlurmUser=root",
         "SlurmdUser=root",
@@ -182,7 +184,9 @@ def write_conf(root: Path, nodes: list[Node], ctl_host: str, ctl_addr: str, cpus
         "SlurmdParameters=config_overrides",
         "ReturnToService=2",
         "KillWait=5",
-        "MinJobAge=60",
+        # finished jobs leave the controller after 4 s; with MinJobAge < 8, `sbatch --wait` polls every 2 s
+        # instead of backing off to 32 s (src/sbatch/sbatch.c, _job_wait)
+        "MinJobAge=4",
         "InactiveLimit=0",
         "JobRequeue=1",
     ]

@@ -8,8 +8,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -50,6 +52,39 @@ def test_handlers_set_a_flag_and_are_restored():
         preempt.uninstall()
     assert signal.getsignal(signal.SIGUSR1) is before
     assert preempt.received() is None
+
+
+class _TwoRanks:
+    """Two identical ranks as seen from one: the sum doubles, and the collectives are counted."""
+
+    world_size = 2
+    device = torch.device("cpu")
+
+    def __init__(self):
+        self.votes = 0
+
+    def all_reduce_sum(self, tensor):
+        self.votes += 1
+        return tensor.mul_(2)
+
+
+def test_votes_come_about_every_interval_and_see_a_signal():
+    dist = _TwoRanks()
+    vote = preempt.StopVote(dist, interval_s=0.05)
+    assert preempt.install()
+    try:
+        time.sleep(0.002)
+        assert not vote.poll()  # the first step is always voted on: it sets the cadence
+        assert dist.votes == 1 and vote.every > 1  # a 2 ms step: many steps per 50 ms
+        for _ in range(vote.every - 2):
+            assert not vote.poll()
+        signal.raise_signal(signal.SIGTERM)
+        assert not vote.poll()  # a signal between votes waits for the next one
+        assert dist.votes == 1  # no collective between votes
+        assert vote.poll()  # the next vote: every rank sees the sum of the flags
+        assert dist.votes == 2
+    finally:
+        preempt.uninstall()
 
 
 def test_second_signal_kills():
