@@ -129,3 +129,27 @@ def test_preempted_run_checkpoints_and_resumes_to_the_same_parameters(in_process
     assert resumed["resumed_from"].endswith("step_00000013.pt")
     assert resumed["trained_steps_this_run"] == 17
     assert resumed["parameter_digest"] == straight["parameter_digest"]
+
+
+class _TwoRanksOnGPU(_TwoRanks):
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (launch/gpu-check.sh)")
+def test_gpu_vote_is_enqueued_and_read_one_step_later():
+    """On a GPU the vote goes through pinned memory and an event: its outcome is read at the next step."""
+    dist = _TwoRanksOnGPU()
+    vote = preempt.StopVote(dist, interval_s=0.0)  # vote at every step
+    assert vote.lagged
+    assert preempt.install()
+    try:
+        assert not vote.poll()  # first vote enqueued, nothing to read yet
+        signal.raise_signal(signal.SIGUSR1)
+        assert not vote.poll()  # reads the first vote (no signal then), enqueues one with the flag
+        assert vote.poll()  # reads that one: stop
+        assert dist.votes == 3 and vote.every == 1
+        assert vote.drain()  # the third vote, still in flight, read when the loop ends
+        assert not vote.drain()  # nothing left in flight
+    finally:
+        preempt.uninstall()
