@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BINARIES = ("slurmctld", "slurmd", "srun", "sbatch", "scancel", "sinfo", "squeue", "scontrol")
-SETUP_HINT = "run `bash launch/setup-test.sh` as root (apt-get install slurmctld slurmd slurm-client libpmix2)"
+SETUP_HINT = ("run `bash launch/setup-test.sh` as root "
+              "(apt-get install slurmctld slurmd slurm-client libpmix2 libpmix-dev)")
 
 
 def missing() -> str | None:
@@ -38,6 +39,19 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "the test cluster runs slurmd as root (SlurmdUser=root): run the SLURM tests as root"
     return None
+
+
+def pmix_missing() -> str | None:
+    """Why `srun --mpi=pmix` cannot work here (None when it can).
+
+    Debian's Slurm plugin mpi_pmix_v4.so dlopens <libdir>/pmix2/lib/libpmix.so, the unversioned
+    name that only libpmix-dev installs; with libpmix2 alone srun says "can not load PMIx library".
+    """
+    import glob
+
+    if glob.glob("/usr/lib/*/pmix2/lib/libpmix.so"):
+        return None
+    return f"srun --mpi=pmix needs libpmix.so (package libpmix-dev): {SETUP_HINT}"
 
 
 def require_slurm() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, FAST, base_env
-from slurm_cluster import require_slurm, start
+from slurm_cluster import pmix_missing, require_slurm, start
 
 pytestmark = pytest.mark.slow
 
@@ -206,6 +206,8 @@ def test_sbatch_cpu_preempted_requeued_and_resumed(cluster, reference, mnist1d_c
 
 
 def test_srun_pmix_runs_the_mpi_engine(cluster, mnist1d_cache, tmp_path):
+    if pmix_missing():
+        pytest.fail(pmix_missing(), pytrace=False)
     run_dir = tmp_path / "run"
     p = cluster.run(["srun", "--mpi=pmix", "-n", "2", *train_args(mnist1d_cache, run_dir, SHORT, "dist.engine=mpi")],
                     timeout=240, env=base_env())
