@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite needs beyond launch/setup.sh (idempotent; fast when done):
 #   - Debian's SLURM (slurmctld, slurmd, srun/sbatch), PMIx for `srun --mpi=pmix`, iproute2 for the
-#     two-host tests in network namespaces; installed with apt-get when missing (needs root);
+#     two-host tests in network namespaces (libpmix-dev: srun loads the unversioned libpmix.so); installed with apt-get when missing (needs root);
 #   - Horovod, built once by launch/install-horovod.sh and then installed from its cached wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,8 @@ command -v slurmd >/dev/null || need+=(slurmd)
 command -v srun >/dev/null || need+=(slurm-client)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
-ls /usr/lib/x86_64-linux-gnu/libpmix.so.2* /usr/lib/*/libpmix.so.2* >/dev/null 2>&1 || need+=(libpmix2)
+# Debian's SLURM pmix plugin loads the unversioned libpmix.so, which only libpmix-dev provides
+ls /usr/lib/*/pmix2/lib/libpmix.so /usr/lib/*/libpmix.so >/dev/null 2>&1 || need+=(libpmix2 libpmix-dev)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
         echo "setup-test: missing ${need[*]}; install them as root: apt-get install ${need[*]}" >&2
