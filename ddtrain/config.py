@@ -155,6 +155,8 @@ class TrainConfig:
     """Stop after this many seconds of training (evaluation excluded); 0: no limit."""
     noise_scale: bool = False
     """Measure the gradient noise scale B_simple (McCandlish et al. 2018); cheap, no extra host syncs."""
+    stop_on_nan: bool = False
+    """A rank whose own loss is NaN/inf fails at once and all ranks stop with its message (one host sync per micro-batch); false: all ranks stop together, status diverged, at the next logged step."""
 
 
 @dataclass

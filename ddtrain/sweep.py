@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from ddtrain import cli
+from ddtrain import cli, failure
 from ddtrain.config import LR_SCALING, config_dir, register_configs, validate
 from ddtrain.errors import OutOfMemory, UserError
 
@@ -177,6 +177,8 @@ def run_sweep(cfg: DictConfig, output_dir: str) -> list[dict]:
     d = ddist.init(env, cfg.dist.backend, cfg.dist.timeout_s, cfg.dist.engine, cfg.dist.bucket_cap_mb)
     sweep_dir = Path(d.broadcast_object(str(Path(output_dir).resolve())))
     cli.setup_logging(sweep_dir, d.rank, d.world_size, cfg.logging.level)
+    failure.attach(d, sweep_dir, note=f"finished points are kept in {sweep_dir / 'sweep.csv'}; run the same "
+                   f"command with hydra.run.dir={sweep_dir} to train only the missing ones")
     rows = d.broadcast_object(report.read_rows(sweep_dir) if d.is_main else None)
     done = {(r["batch_size"], r["seed"]) for r in rows}
     todo = [(b, s) for b in dict.fromkeys(cfg.sweep.batch_sizes) for s in dict.fromkeys(cfg.sweep.seeds)
@@ -208,7 +210,7 @@ def hydra_entry(cfg: DictConfig) -> None:
     """Hydra's task function of ddtrain-sweep."""
     from hydra.core.hydra_config import HydraConfig
 
-    with cli.user_errors():
+    with cli.user_errors(), failure.guard():
         run_sweep(cfg, HydraConfig.get().runtime.output_dir)
 
 

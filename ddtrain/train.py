@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from ddtrain import cli
+from ddtrain import cli, failure
 from ddtrain.config import config_dir, per_rank_batch_size, register_configs, total_steps, validate
 
 log = logging.getLogger("ddtrain")
@@ -45,7 +45,8 @@ def loop_settings(cfg: DictConfig, steps: int, data_on_device: bool, flops: int 
         grad_clip=tc.grad_clip, precision=tc.precision, progress=cfg.logging.progress,
         channels_last=tc.channels_last, data_on_device=data_on_device, num_workers=cfg.dataset.num_workers,
         prefetch_factor=cfg.dataset.prefetch_factor, flops_per_sample=flops, peak_flops_per_device=peak,
-        target_accuracy=tc.target_accuracy, time_budget_s=tc.time_budget_s, noise_scale=tc.noise_scale)
+        target_accuracy=tc.target_accuracy, time_budget_s=tc.time_budget_s, noise_scale=tc.noise_scale,
+        stop_on_nan=tc.stop_on_nan)
 
 
 def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = False) -> dict:
@@ -86,6 +87,9 @@ def run(cfg: DictConfig, hydra_output_dir: str, d=None, probe_memory: bool = Fal
     # Hydra resolves ${now:} per process: rank 0's run directory is everyone's
     run_dir = Path(d.broadcast_object(str(Path(hydra_output_dir).resolve())))
     cli.setup_logging(run_dir, d.rank, d.world_size, cfg.logging.level)
+    if own_group:  # what a failure message says: failures/, the checkpoints, every rank's host
+        failure.attach(d, run_dir, run_dir / "checkpoints", "no checkpoint written yet" if
+                       cfg.checkpoint.every_steps else "no checkpoint (checkpoint.every_steps=0)")
     log.info("run directory %s; %d rank(s) via %s; device %s; backend %s", run_dir, d.world_size,
              env.launcher, d.device, d.backend)
 
@@ -177,7 +181,7 @@ def hydra_entry(cfg: DictConfig) -> None:
     """Hydra's task function: run, turning bad input into one line and a non-zero exit."""
     from hydra.core.hydra_config import HydraConfig
 
-    with cli.user_errors():
+    with cli.user_errors(), failure.guard():
         run(cfg, HydraConfig.get().runtime.output_dir)
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddtrain import failure
 from ddtrain.data.feed import micro_batches
 from ddtrain.data.sharding import ShardedBatches, eval_shard
 from ddtrain import preempt
@@ -49,6 +50,7 @@ class LoopSettings:
     target_accuracy: float = 0.0  # record when validation accuracy first reaches it (0: no target)
     time_budget_s: float = 0.0  # stop after this much training time (0: no limit)
     noise_scale: bool = False  # measure the gradient noise scale B_simple
+    stop_on_nan: bool = False  # a rank whose own loss is not finite raises at once (ddtrain.failure)
     evals_per_epoch: int = 1
 
 
@@ -94,6 +96,7 @@ class Trainer:
         self.best_val_accuracy: float | None = None
         self.reached: dict = {}  # steps, epochs and time at which the target accuracy was first reached
         self.status = "ok"
+        self.check_loss = failure.loss_check(dist.rank, settings.stop_on_nan)  # None unless asked for
         self.noise = None
         self.b_simple: float | None = None
         if settings.noise_scale:
@@ -116,6 +119,8 @@ class Trainer:
                 with self.autocast():
                     logits = self.model(x)
                     loss = F.cross_entropy(logits.float(), y)
+                if self.check_loss is not None:
+                    loss = self.check_loss(step, loss)
                 self.scaler.scale(loss if accum == 1 else loss / accum).backward()
             self.meter.add(loss.detach(), logits.detach(), y)
             if self.noise is not None and self.dist.world_size == 1 and micro == 0 and accum > 1:
