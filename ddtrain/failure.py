@@ -137,10 +137,11 @@ def record(message: str) -> None:
             f.write(message + "\n")
 
 
-def peer_reports(wait_s: float = PEER_REPORT_WAIT_S) -> list[tuple[int, str]]:
-    """Failure messages of other ranks, waiting up to wait_s for the first to appear."""
+def peer_reports(wait_s: float | None = None) -> list[tuple[int, str]]:
+    """Failure messages of other ranks, waiting up to wait_s (PEER_REPORT_WAIT_S) for the first to appear."""
     if job.run_dir is None:
         return []
+    wait_s = PEER_REPORT_WAIT_S if wait_s is None else wait_s
     deadline = time.monotonic() + wait_s
     while True:
         found = []
@@ -248,7 +249,8 @@ def injected_fault(rank: int):
     """Testing aid: DDTRAIN_INJECT_FAULT=<rank>:<step>:<kind> makes that rank fail at that (1-based) step.
 
     Kinds: nan (the loss becomes NaN), raise (a bad batch: ValueError), kill (SIGKILL itself),
-    hang (sleep forever, like a stopped rank). Returns (step, kind) for this rank, or None.
+    hang (sleep forever, like a stopped rank), sleep<S> (pause S seconds, then go on).
+    Returns (step, kind) for this rank, or None.
     """
     spec = os.environ.get("DDTRAIN_INJECT_FAULT")
     if not spec:
@@ -283,6 +285,8 @@ def loss_check(rank: int, stop_on_nan: bool):
             elif kind == "hang":
                 while True:
                     time.sleep(60)
+            elif kind.startswith("sleep"):  # a slow step: a window in which a test can cut the network
+                time.sleep(float(kind[5:]))
         if stop_on_nan and not torch.isfinite(loss.detach()).all():
             raise NonFiniteLoss(f"loss is {loss.item()} at step {step + 1} on rank {rank}'s batch "
                                 "(train.stop_on_nan=true)")
