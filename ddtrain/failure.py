@@ -209,16 +209,15 @@ def leave(message: str, code: int, exc: BaseException | None = None) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     print(line, file=sys.stderr, flush=True)
-    with contextlib.suppress(Exception):
-        logging.shutdown()
-    os._exit(code)
+    exit_now(code)
 
 
 @contextlib.contextmanager
 def guard():
     """Around an entry point's work: turn any failure into one line and an immediate non-zero exit.
 
-    UserError is recorded for the peers and passes on to cli.user_errors (one line, exit 2).
+    UserError is recorded for the peers and passes on to cli.user_errors (one line, exit 2);
+    Preempted passes on too. A multi-rank run that ends normally exits 0 here, skipping finalization.
     """
     with contextlib.suppress(Exception):  # until attach() knows more: rank and world size from the launcher
         from ddtrain.env import detect
@@ -239,6 +238,30 @@ def guard():
         record(message)
         who = f"rank {job.rank} failed: " if job.world_size > 1 else ""
         leave(f"{who}{message}; {checkpoint_note()}", EXIT_FAILED, exc)
+    if job.world_size > 1:
+        # a normal end of a multi-rank run (the process group is destroyed, every file written): leave
+        # before interpreter finalization, where gloo's worker threads can still hold tensors whose
+        # destruction needs the GIL and aborts the process (SIGABRT, exit 134) now and then
+        exit_now(0)
+
+
+def exit_now(code: int) -> None:
+    """Flush stdout, stderr and the log files, then end the process at once (no finalization).
+
+    After a normal end (code 0) MPI is finalized first when mpi4py initialized it: Open MPI's
+    launcher counts a process that leaves without MPI_Finalize as failed.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if code == 0 and mpi is not None:
+        with contextlib.suppress(Exception):
+            if mpi.Is_initialized() and not mpi.Is_finalized():
+                mpi.Finalize()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    os._exit(code)
 
 
 class NonFiniteLoss(RuntimeError):
