@@ -1,6 +1,6 @@
 """Two hosts = two network namespaces with their own addresses; rank 0 on one, rank 1 on the other.
 
-A run across them finishes; a rank killed mid-training stops the other in seconds; a cable pulled
+A run across them finishes (env:// ranks, and torchrun --nnodes 2 with c10d rendezvous); a rank killed mid-training stops the other in seconds; a cable pulled
 between them stops both within dist.timeout_s (plus the few seconds of waiting for a failure
 report); the newest checkpoint then resumes (checkpoint.resume=auto) to the same final parameters
 as the uninterrupted run. Needs root and iproute2 (launch/setup-test.sh); fails, never skips, without.
@@ -71,6 +71,36 @@ def test_namespaces_are_separate_hosts(net):
 
 def test_run_across_two_hosts_finishes(reference):
     assert reference["world_size"] == 2 and reference["steps"] == 30 and reference["ranks_identical"] is True
+
+
+def test_torchrun_c10d_rendezvous_across_two_hosts(net, reference, tmp_path, mnist1d_cache):
+    """torchrun --nnodes 2 on each host, c10d rendezvous hosted on host 0: the same model as env:// ranks."""
+    import json
+    import subprocess
+
+    from conftest import BIN, FAST, base_env, free_port
+
+    h0 = net.hosts[0]
+    run_dir, port = tmp_path / "run", free_port()
+    procs = []
+    for i, h in enumerate(net.hosts):
+        argv = [str(BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={h0.addr}:{port}", "--rdzv-id=two-hosts", f"--local-addr={h.addr}",
+                *(["--rdzv-conf=is_host=1"] if i == 0 else []), "--no-python", str(BIN / "ddtrain-train"),
+                *FAST, f"dataset.cache_dir={mnist1d_cache}", f"hydra.run.dir={run_dir}", *RUN]
+        env = dict(base_env(), GLOO_SOCKET_IFNAME=h.ifname, OMP_NUM_THREADS="1")
+        procs.append(h.popen(argv, env=env, cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=180)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "".join(outs)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["launcher"] == "torchrun" and summary["world_size"] == 2
+    assert summary["parameter_digest"] == reference["parameter_digest"]
 
 
 def test_killed_rank_on_the_other_host(net, tmp_path, mnist1d_cache):
