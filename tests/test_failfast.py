@@ -35,7 +35,8 @@ def test_backend_errors_are_told_apart_from_bugs():
     assert failure.is_collective_error(torch.distributed.DistBackendError("NCCL communicator was aborted"))
     assert not failure.is_collective_error(ValueError("bad batch"))
     assert not failure.is_collective_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"))
-    assert failure.one_line(RuntimeError(GLOO_RESET)) == "RuntimeError: Read error [10.233.0.2]:41194: Connection reset by peer"
+    assert failure.one_line(RuntimeError(GLOO_RESET)) == \
+        "RuntimeError: Read error [10.233.0.2]:41194: Connection reset by peer"
     assert failure.one_line(ValueError("a\nb")) == "ValueError: a"
 
 

@@ -1,9 +1,10 @@
 """Two hosts = two network namespaces with their own addresses; rank 0 on one, rank 1 on the other.
 
-A run across them finishes (env:// ranks, and torchrun --nnodes 2 with c10d rendezvous); a rank killed mid-training stops the other in seconds; a cable pulled
-between them stops both within dist.timeout_s (plus the few seconds of waiting for a failure
-report); the newest checkpoint then resumes (checkpoint.resume=auto) to the same final parameters
-as the uninterrupted run. Needs root and iproute2 (launch/setup-test.sh); fails, never skips, without.
+A run across them finishes (env:// ranks, and torchrun --nnodes 2 with c10d rendezvous); a rank
+killed mid-training stops the other in seconds; a cable pulled between them stops both within
+dist.timeout_s (plus the few seconds of waiting for a failure report); the newest checkpoint then
+resumes (checkpoint.resume=auto) to the same final parameters as the uninterrupted run. Needs root
+and iproute2 (launch/setup-test.sh); fails, never skips, without.
 """
 
 from __future__ import annotations
