@@ -34,6 +34,8 @@ from ddtrain.errors import UserError
 
 ENGINES = ("ddp", "horovod", "mpi")
 MODELS = ("lenet5", "mlp")
+# the Core benchmark models (benchmarks/overhead.py): the MLP is 784-1024-1024-10
+MODEL_OVERRIDES = {"mlp": ["model.hidden_sizes=[1024,1024]"]}
 SAMPLE_SHAPE = (1, 28, 28)  # MNIST
 NUM_CLASSES = 10
 
@@ -226,7 +228,7 @@ def run(opts, overrides: list[str], d) -> dict:
 
     engines = _names(opts.engines, ENGINES, "--engines")
     models = [m.strip() for m in opts.models.split(",") if m.strip()]
-    cfgs = {m: cli.compose("train", [f"model={m}", *overrides]) for m in models}
+    cfgs = {m: cli.compose("train", [f"model={m}", *MODEL_OVERRIDES.get(m, []), *overrides]) for m in models}
     result = {"world_size": d.world_size, "launcher": d.env.launcher, "device": str(d.device),
               "batch_per_rank": opts.batch, "steps": opts.steps, "warmup": opts.warmup, "repeats": opts.repeats,
               "comm_iters": opts.comm_iters, "sample_shape": list(SAMPLE_SHAPE), "engines": {}}
