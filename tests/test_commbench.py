@@ -203,7 +203,7 @@ def _engine_expected(name: str) -> bool:
 def test_overlap_bench_times_sync_and_no_sync_steps(tmp_path):
     out = tmp_path / "overlap.json"
     p = _mpirun(["overlap", "--models", "mlp", "--steps", "2", "--warmup", "1", "--repeats", "2",
-                 "--comm-iters", "3", "--json", str(out)], tmp_path)
+                 "--comm-iters", "3", "--json", str(out), "model.hidden_sizes=[100,100]"], tmp_path)
     assert p.returncode == 0, p.stderr + p.stdout
     res = json.loads(out.read_text())
     assert res["world_size"] == 2 and list(res["engines"]) == ["ddp", "horovod", "mpi"]
