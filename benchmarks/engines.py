@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import GLOBAL_BATCH, LR, MODELS, NUM_SAMPLES, NUM_TEST, SEED, _check, executable  # noqa: E402
+from overhead import GLOBAL_BATCH, MODELS, _check, ddtrain_overrides, executable  # noqa: E402
 
 ENGINES = ("ddp", "horovod", "mpi")
 STEPS = {"mlp": 400, "lenet5": 500}
@@ -35,14 +35,7 @@ WARMUP = 30
 def run_engine(engine: str, model: str, ranks: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
     """One 2-rank ddtrain-train run under mpirun; its throughput figures."""
     run_dir = workdir / f"{engine}-{tag}"
-    overrides = MODELS[model][0] + [
-        "dataset=synthetic", f"dataset.num_samples={NUM_SAMPLES}", f"dataset.num_test_samples={NUM_TEST}",
-        "dataset.val_fraction=0", f"train.global_batch_size={GLOBAL_BATCH}", f"train.base_batch_size={GLOBAL_BATCH}",
-        f"train.lr={LR}", f"train.seed={SEED}", f"train.max_steps={warmup + steps}",
-        f"train.throughput_warmup_steps={warmup}", "train.log_every=1000000000",
-        "logging.progress=false", "logging.tensorboard=false", "checkpoint.every_steps=0", "checkpoint.resume=never",
-        "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.weight_decay=0", "schedule=constant",
-        f"dist.engine={engine}", f"hydra.run.dir={run_dir}"]
+    overrides = [*ddtrain_overrides(model, steps, warmup, run_dir), f"dist.engine={engine}"]
     cmd = [executable("mpirun"), "-np", str(ranks), "--oversubscribe", "--bind-to", "none",
            executable("ddtrain-train"), *overrides]
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONWARNINGS="ignore")

@@ -68,9 +68,9 @@ def env_for(world: int) -> dict:
     return env
 
 
-def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
-    run_dir = workdir / f"ddtrain-{tag}"
-    overrides = MODELS[model][0] + [
+def ddtrain_overrides(model: str, steps: int, warmup: int, run_dir: Path) -> list[str]:
+    """ddtrain-train's overrides for one benchmark case: synthetic data, SGD, no evaluation or checkpoints."""
+    return MODELS[model][0] + [
         "dataset=synthetic", f"dataset.num_samples={NUM_SAMPLES}", f"dataset.num_test_samples={NUM_TEST}",
         "dataset.val_fraction=0", f"train.global_batch_size={GLOBAL_BATCH}", f"train.base_batch_size={GLOBAL_BATCH}",
         f"train.lr={LR}", f"train.seed={SEED}", f"train.max_steps={warmup + steps}",
@@ -79,6 +79,11 @@ def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, 
         "optimizer=sgd", "optimizer.momentum=0.9", "optimizer.weight_decay=0", "schedule=constant",
         f"hydra.run.dir={run_dir}",
     ]
+
+
+def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
+    run_dir = workdir / f"ddtrain-{tag}"
+    overrides = ddtrain_overrides(model, steps, warmup, run_dir)
     cmd = launch(world, [executable("ddtrain-train")] + overrides, python=False)
     _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
     summary = json.loads((run_dir / "summary.json").read_text())
