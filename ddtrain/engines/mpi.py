@@ -4,7 +4,8 @@ For sites where PyTorch has no MPI backend: no torch process group is involved. 
 grouped into buckets of about dist.bucket_cap_mb in reverse registration order (the order in
 which backward produces their gradients). A post-accumulate-grad hook copies each gradient
 into its bucket's contiguous buffer; when a bucket is complete, its buffer is allreduced with
-MPI Iallreduce while backward goes on. Buckets are started strictly in order, so every rank
+MPI Iallreduce while backward goes on (the first bucket holds at most 1 MiB, as in DDP, so the first
+exchange starts early). Buckets are started strictly in order, so every rank
 issues the same sequence of collectives. finish_gradients() waits for all of them, averages,
 and points each parameter's .grad at its slice of the buffer (no copy back).
 
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 
 from ddtrain.engines.base import Engine
+
+FIRST_BUCKET_BYTES = 1024 * 1024
 
 
 class _Bucket:
@@ -85,7 +88,9 @@ class MPIEngine(Engine):
         group: list[nn.Parameter] = []
         size = 0
         for p in params:
-            if group and (size + p.numel() * p.element_size() > self.bucket_bytes
+            # like DDP, the first bucket is small (1 MiB) so the first exchange starts early in backward
+            cap = min(FIRST_BUCKET_BYTES, self.bucket_bytes) if not self.buckets else self.bucket_bytes
+            if group and (size + p.numel() * p.element_size() > cap
                           or p.dtype != group[0].dtype or p.device != group[0].device):
                 self._add_bucket(group, staged)
                 group, size = [], 0
