@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 
 FULL = {"allreduce": ["--min-bytes", "4", "--max-bytes", "256M", "--iters", "20", "--warmup", "5",
                       "--memcpy-bytes", "64M", "--ref-bytes", "64M"],
-        "overlap": ["--models", "lenet5,mlp", "--batch", "64", "--steps", "20", "--warmup", "5", "--repeats", "4",
+        "overlap": ["--models", "lenet5,mlp", "--batch", "64", "--steps", "50", "--warmup", "5", "--repeats", "6",
                     "--comm-iters", "50"]}
 QUICK = {"allreduce": ["--max-bytes", "4M", "--iters", "5", "--warmup", "1", "--memcpy-bytes", "16M",
                        "--ref-bytes", "4M"],

@@ -168,3 +168,17 @@ def test_unsupported_compression_names_the_key(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == ("ddtrain: error: dist.compression=fp16 is not supported by dist.engine=mpi; "
                                 "choose one of: none")
+
+
+@pytest.mark.slow
+def test_mpi_engine_shows_local_gradients_for_the_noise_scale(launch, tmp_path):
+    """The gradient noise scale needs each rank's own gradient: the mpi engine gives the same figure as DDP's hook."""
+    common = ["model=mlp", "train.max_steps=20", "train.global_batch_size=64", "train.eval_every=0",
+              "logging.tensorboard=false", "train.noise_scale=true"]
+    found = {}
+    for engine in ("ddp", "mpi"):
+        r = launch([*common, f"dist.engine={engine}"], ranks=2, via="mpirun", run_dir=tmp_path / engine)
+        assert r.returncode == 0, r.stderr
+        found[engine] = r.summary["noise_scale"]
+    assert found["ddp"] is not None and found["ddp"] > 0
+    assert found["mpi"] == pytest.approx(found["ddp"], rel=1e-4)

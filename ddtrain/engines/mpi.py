@@ -5,9 +5,10 @@ grouped into buckets of about dist.bucket_cap_mb in reverse registration order (
 which backward produces their gradients). A post-accumulate-grad hook copies each gradient
 into its bucket's contiguous buffer; when a bucket is complete, its buffer is allreduced with
 MPI Iallreduce while backward goes on (the first bucket holds at most 1 MiB, as in DDP, so the first
-exchange starts early). Buckets are started strictly in order, so every rank
-issues the same sequence of collectives. finish_gradients() waits for all of them, averages,
-and points each parameter's .grad at its slice of the buffer (no copy back).
+exchange starts early; the last one, complete only when backward ends, goes by blocking Allreduce). Buckets are started strictly in order, so every rank
+issues the same sequence of collectives. Each gradient is divided by the world size on its way
+into the bucket (DDP's order of operations), so the sum is the average; finish_gradients() waits
+for all of them and points each parameter's .grad at its slice of the buffer (no copy back).
 
 CUDA tensors go to MPI directly when the library is CUDA-aware (DDTRAIN_MPI_CUDA_AWARE=1, or
 the MPI library says so), otherwise through pinned host buffers.
@@ -149,7 +150,9 @@ class MPIEngine(Engine):
             return
         index, slot = self.where[p]
         bucket = self.buckets[index]
-        bucket.buffer[bucket.offsets[slot]:bucket.offsets[slot] + p.numel()].copy_(p.grad.reshape(-1))
+        # divided before the sum, as DDP does: one pass over the gradient instead of a copy and a division
+        start = bucket.offsets[slot]
+        torch.div(p.grad.reshape(-1), self.world, out=bucket.buffer[start:start + p.numel()])
         if not bucket.filled[slot]:
             bucket.filled[slot] = True
             bucket.ready += 1
@@ -158,28 +161,38 @@ class MPIEngine(Engine):
         elif self.requests:
             self.MPI.Request.Testall(self.requests)  # MPI progresses started collectives only inside MPI calls
 
-    def _start_ready(self) -> None:
-        """Start every complete bucket whose predecessors have started (the same order on every rank)."""
+    def _start_ready(self, final: bool = False) -> None:
+        """Start every complete bucket whose predecessors have started (the same order on every rank).
+
+        The last bucket waits for finish_gradients (final=True) and goes by blocking MPI_Allreduce:
+        its last gradient is the last one backward produces, so nothing is left to overlap with, and
+        Open MPI's blocking algorithms are much faster than its non-blocking ones on large buffers.
+        """
+        last = len(self.buckets) - 1
         while self.next_bucket < len(self.buckets):
             bucket = self.buckets[self.next_bucket]
-            if bucket.ready < len(bucket.params):
+            if bucket.ready < len(bucket.params) or (self.next_bucket == last and not final):
                 break
-            self._start(self.next_bucket)
+            self._start(self.next_bucket, blocking=self.next_bucket == last)
             self.next_bucket += 1
 
-    def _start(self, index: int) -> None:
+    def _start(self, index: int, blocking: bool = False) -> None:
         bucket = self.buckets[index]
         if self.squared_norm is not None:
-            self.squared_norm.add_(bucket.buffer.double().pow(2).sum())  # this rank's own gradient
+            # this rank's own gradient (the bucket holds it divided by the world size)
+            self.squared_norm.add_(bucket.buffer.double().pow(2).sum() * self.world**2)
         target = bucket.buffer
         if bucket.buffer.device.type == "cuda":
             if bucket.host is not None:
                 bucket.host.copy_(bucket.buffer, non_blocking=True)
                 target = bucket.host
             torch.cuda.current_stream(bucket.buffer.device).synchronize()  # MPI must see finished data
-        self.requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, target))
         if self.trace is not None:
             self.trace.append(("start", index, time.perf_counter()))
+        if blocking:  # MPI matches blocking and non-blocking collectives in issue order, as every rank issues them
+            self.comm.Allreduce(self.MPI.IN_PLACE, target)
+        else:
+            self.requests.append(self.comm.Iallreduce(self.MPI.IN_PLACE, target))
 
     def finish_gradients(self) -> None:
         if self.world == 1 or not self.buckets:
@@ -191,14 +204,13 @@ class MPIEngine(Engine):
                     bucket.slice(slot).zero_()
                     bucket.filled[slot] = True
             bucket.ready = len(bucket.params)
-        self._start_ready()
+        self._start_ready(final=True)
         self.MPI.Request.Waitall(self.requests)
         if self.trace is not None:
             self.trace.append(("waited", len(self.buckets), time.perf_counter()))
         for bucket in self.buckets:
             if bucket.host is not None:
                 bucket.buffer.copy_(bucket.host, non_blocking=True)
-            bucket.buffer.div_(self.world)
             for slot, p in enumerate(bucket.params):
                 p.grad = bucket.slice(slot)  # the averaged gradient, in place in the bucket
             bucket.filled = [False] * len(bucket.params)
