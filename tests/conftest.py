@@ -110,3 +110,29 @@ def launch(mnist1d_cache, tmp_path):
         return Result(p.returncode, p.stdout, p.stderr, run_dir)
 
     return _launch
+
+
+# SGD with momentum on the MNIST-1D CNN; 24 steps, final state saved as a checkpoint to compare
+EQUIV = ["model=cnn1d", "dataset=mnist1d", "optimizer=sgd", "optimizer.momentum=0.9", "schedule=constant",
+         "train.lr=0.05", "train.lr_scaling=none", "train.global_batch_size=32", "train.max_steps=24",
+         "checkpoint.every_steps=24", "logging.tensorboard=false"]
+
+
+def assert_same_model(a: dict, b: dict, exact: bool = False) -> None:
+    """Equal state dicts: bit for bit, or within fp32 tolerance (rtol 1e-4, atol 1e-6)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        if exact:
+            assert torch.equal(a[name], b[name]), name
+        else:
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="session")
+def one_rank_model(tmp_path_factory, mnist1d_cache):
+    """The reference for EQUIV: one process, global batch 32 (every world size and engine must reproduce it)."""
+    run_dir = tmp_path_factory.mktemp("one-rank")
+    p = subprocess.run([str(BIN / "ddtrain-train"), *FAST, f"dataset.cache_dir={mnist1d_cache}", *EQUIV,
+                        f"hydra.run.dir={run_dir}"], env=base_env(), text=True, capture_output=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    return torch.load(run_dir / "checkpoints" / "step_00000024.pt", weights_only=True)["model"]

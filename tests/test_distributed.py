@@ -7,34 +7,9 @@ import shutil
 import pytest
 import torch
 
+from conftest import EQUIV, assert_same_model
+
 pytestmark = pytest.mark.slow
-
-# SGD with momentum on the MNIST-1D CNN; 24 steps, final state saved as a checkpoint to compare
-EQUIV = ["model=cnn1d", "dataset=mnist1d", "optimizer=sgd", "optimizer.momentum=0.9", "schedule=constant",
-         "train.lr=0.05", "train.lr_scaling=none", "train.global_batch_size=32", "train.max_steps=24",
-         "checkpoint.every_steps=24", "logging.tensorboard=false"]
-
-
-def assert_same_model(a: dict, b: dict, exact: bool = False) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        if exact:
-            assert torch.equal(a[name], b[name]), name
-        else:
-            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-@pytest.fixture(scope="module")
-def one_rank_model(tmp_path_factory, mnist1d_cache):
-    """The reference: one process, global batch 32."""
-    from conftest import BIN, FAST, base_env
-    import subprocess
-
-    run_dir = tmp_path_factory.mktemp("one-rank")
-    p = subprocess.run([str(BIN / "ddtrain-train"), *FAST, f"dataset.cache_dir={mnist1d_cache}", *EQUIV,
-                        f"hydra.run.dir={run_dir}"], env=base_env(), text=True, capture_output=True, timeout=240)
-    assert p.returncode == 0, p.stderr
-    return torch.load(run_dir / "checkpoints" / "step_00000024.pt", weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("ranks,accum", [(2, 1), (2, 2), (1, 2)])

@@ -1,4 +1,4 @@
-"""Engines ddp, horovod and mpi: the same model as one process, overlap, exact averages, missing engines."""
+"""Engines ddp, horovod and mpi: the same model as one process (conftest.one_rank_model), overlap, exact averages."""
 
 from __future__ import annotations
 
@@ -9,25 +9,14 @@ import sys
 import pytest
 import torch
 
-from conftest import BIN, FAST, base_env, free_port
-from test_distributed import EQUIV, assert_same_model
+from conftest import BIN, FAST, EQUIV, assert_same_model, base_env, free_port
 
 ENGINES = ["ddp", "horovod", "mpi"]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, mnist1d_cache):
-    """One process, global batch 32, 24 SGD-momentum steps: the model every engine must reproduce."""
-    run_dir = tmp_path_factory.mktemp("reference")
-    p = subprocess.run([str(BIN / "ddtrain-train"), *FAST, f"dataset.cache_dir={mnist1d_cache}", *EQUIV,
-                        f"hydra.run.dir={run_dir}"], env=base_env(), text=True, capture_output=True, timeout=240)
-    assert p.returncode == 0, p.stderr
-    return torch.load(run_dir / "checkpoints" / "step_00000024.pt", weights_only=True)["model"]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_every_engine_trains_the_same_model(launch, reference, engine, tmp_path):
+def test_every_engine_trains_the_same_model(launch, one_rank_model, engine, tmp_path):
     models = {}
     for accum in (1, 2):
         r = launch([*EQUIV, f"dist.engine={engine}", f"train.grad_accum_steps={accum}"], ranks=2, via="mpirun",
@@ -37,12 +26,12 @@ def test_every_engine_trains_the_same_model(launch, reference, engine, tmp_path)
         assert (s["engine"], s["world_size"], s["grad_accum_steps"]) == (engine, 2, accum)
         assert s["ranks_identical"] is True  # every rank holds bit-identical parameters
         models[accum] = r.checkpoint(24)["model"]
-        assert_same_model(models[accum], reference)
+        assert_same_model(models[accum], one_rank_model)
     assert_same_model(models[1], models[2])
 
 
 @pytest.mark.slow
-def test_horovodrun_with_gloo_controller(reference, mnist1d_cache, tmp_path):
+def test_horovodrun_with_gloo_controller(one_rank_model, mnist1d_cache, tmp_path):
     """`horovodrun -np 2 -H localhost:2 --gloo`: no MPI involved, same model."""
     run_dir = tmp_path / "run"
     cmd = [str(BIN / "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo", "-p", str(free_port()),
@@ -56,7 +45,7 @@ def test_horovodrun_with_gloo_controller(reference, mnist1d_cache, tmp_path):
     assert (s["launcher"], s["backend"], s["world_size"], s["ranks_identical"]) == (
         "horovodrun", "horovod/gloo", 2, True)
     ckpt = torch.load(run_dir / "checkpoints" / "step_00000024.pt", weights_only=True)
-    assert_same_model(ckpt["model"], reference)
+    assert_same_model(ckpt["model"], one_rank_model)
 
 
 @pytest.mark.slow
@@ -81,14 +70,14 @@ def test_mpi_engine_overlaps_backward_and_averages_exactly(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,compression", [("ddp", "fp16"), ("horovod", "fp16")])
-def test_compressed_gradients_stay_close(launch, reference, engine, compression):
+def test_compressed_gradients_stay_close(launch, one_rank_model, engine, compression):
     r = launch([*EQUIV, f"dist.engine={engine}", f"dist.compression={compression}"], ranks=2, via="mpirun")
     assert r.returncode == 0, r.stderr
     assert r.summary["ranks_identical"] is True
     model = r.checkpoint(24)["model"]
-    for name in reference:  # the averaged gradient is rounded to fp16 on the wire
-        torch.testing.assert_close(model[name], reference[name], rtol=2e-3, atol=2e-3, msg=name)
-    assert any(not torch.equal(model[n], reference[n]) for n in reference)  # compression really happened
+    for name in one_rank_model:  # the averaged gradient is rounded to fp16 on the wire
+        torch.testing.assert_close(model[name], one_rank_model[name], rtol=2e-3, atol=2e-3, msg=name)
+    assert any(not torch.equal(model[n], one_rank_model[n]) for n in one_rank_model)  # compression really happened
 
 
 @pytest.mark.slow
