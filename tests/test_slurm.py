@@ -205,16 +205,18 @@ def test_sbatch_cpu_preempted_requeued_and_resumed(cluster, reference, mnist1d_c
     assert s["parameter_digest"] == summary(ref_run)["parameter_digest"]
 
 
-def test_srun_pmix_runs_the_mpi_engine(cluster, mnist1d_cache, tmp_path):
+@pytest.mark.parametrize("engine", ["mpi", "horovod"])
+def test_srun_pmix_runs_the_mpi_engines(cluster, mnist1d_cache, tmp_path, engine):
     if pmix_missing():
         pytest.fail(pmix_missing(), pytrace=False)
     run_dir = tmp_path / "run"
-    p = cluster.run(["srun", "--mpi=pmix", "-n", "2", *train_args(mnist1d_cache, run_dir, SHORT, "dist.engine=mpi")],
+    p = cluster.run(["srun", "--mpi=pmix", "-n", "2",
+                     *train_args(mnist1d_cache, run_dir, SHORT, f"dist.engine={engine}")],
                     timeout=240, env=base_env())
     assert p.returncode == 0, explain(p)
     s = summary(run_dir)
     check_summary(s, SHORT)
-    assert s["engine"] == "mpi"
+    assert (s["engine"], s["launcher"]) == (engine, "slurm")
 
 
 def test_srun_pmi2_with_pip_open_mpi_is_refused(cluster, mnist1d_cache, tmp_path):
