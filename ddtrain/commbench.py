@@ -430,11 +430,21 @@ def run(opts, d) -> dict:
     return result
 
 
+def launched_env(command: str):
+    """This process's launcher environment; UserError unless at least 2 ranks take part."""
+    from ddtrain.env import detect
+
+    env = detect(os.environ)
+    if env.world_size < 2:
+        raise UserError(f"ddtrain-bench {command} needs at least 2 ranks: run it under mpirun -np N "
+                        f"or torchrun --nproc-per-node N --no-python ddtrain-bench {command}")
+    return env
+
+
 def main(argv: list[str]) -> dict:
     """ddtrain-bench allreduce (see the module docstring)."""
     from ddtrain import cli
     from ddtrain import dist as ddist
-    from ddtrain.env import detect
 
     opts = build_parser().parse_args(argv)
     with cli.user_errors():
@@ -443,10 +453,7 @@ def main(argv: list[str]) -> dict:
         parse_bytes(opts.memcpy_bytes), parse_bytes(opts.ref_bytes)
         if opts.iters < 1 or opts.warmup < 0 or opts.memcpy_repeats < 1:
             raise UserError("--iters and --memcpy-repeats must be at least 1, --warmup at least 0")
-        env = detect(os.environ)
-        if env.world_size < 2:
-            raise UserError("ddtrain-bench allreduce needs at least 2 ranks: run it under mpirun -np N "
-                            "or torchrun --nproc-per-node N --no-python ddtrain-bench allreduce")
+        env = launched_env("allreduce")
         # the job's own group is gloo (CPU bookkeeping, also with GPUs); nccl gets a group of its own
         d = ddist.init(env, "gloo", opts.timeout_s)
     result = run(opts, d)

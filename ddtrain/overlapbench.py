@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -262,17 +261,13 @@ def main(argv: list[str]) -> dict:
     """ddtrain-bench overlap (see the module docstring)."""
     from ddtrain import cli
     from ddtrain import dist as ddist
-    from ddtrain.env import detect
 
     opts, overrides = build_parser().parse_known_args(argv)
     with cli.user_errors():
         _names(opts.engines, ENGINES, "--engines")
         if min(opts.batch, opts.steps, opts.repeats, opts.comm_iters) < 1 or opts.warmup < 0:
             raise UserError("--batch, --steps, --repeats and --comm-iters must be at least 1, --warmup at least 0")
-        env = detect(os.environ)
-        if env.world_size < 2:
-            raise UserError("ddtrain-bench overlap needs at least 2 ranks: run it under mpirun -np N "
-                            "or torchrun --nproc-per-node N --no-python ddtrain-bench overlap")
+        env = commbench.launched_env("overlap")
         d = ddist.init(env, "auto", opts.timeout_s)
         result = run(opts, overrides, d)
     if d.is_main and opts.json:

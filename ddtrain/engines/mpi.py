@@ -48,7 +48,7 @@ class _Bucket:
         return self.buffer[self.offsets[i]:self.offsets[i] + p.numel()].view_as(p)
 
 
-def cuda_aware(comm) -> bool:
+def cuda_aware() -> bool:
     """Whether MPI can read CUDA memory: DDTRAIN_MPI_CUDA_AWARE=0/1 decides, else the library's info."""
     forced = os.environ.get("DDTRAIN_MPI_CUDA_AWARE")
     if forced in ("0", "1"):
@@ -84,7 +84,7 @@ class MPIEngine(Engine):
         if self.world == 1:
             return model
         self._broadcast(model)
-        staged = {p.device.type for p in model.parameters()} == {"cuda"} and not cuda_aware(self.comm)
+        staged = {p.device.type for p in model.parameters()} == {"cuda"} and not cuda_aware()
         params = [p for p in model.parameters() if p.requires_grad][::-1]  # the order backward produces
         group: list[nn.Parameter] = []
         size = 0
