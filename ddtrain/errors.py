@@ -1,30 +1,35 @@
-"""The one exception type that reaches the user as a single line."""
+"""The exceptions that reach the user as one line, and the exit status of each way a run can end."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""This rank's own error (a bad batch, a non-finite loss with train.stop_on_nan, a bug)."""
+EXIT_USER = 2
+"""Bad input the user can fix (UserError), the same on every rank."""
+EXIT_PEER = 3
+"""Another rank failed or could not be reached."""
+EXIT_PREEMPTED = 75
+"""SIGTERM/SIGUSR1 made every rank checkpoint and stop (EX_TEMPFAIL: try again); launch/slurm.sbatch requeues."""
+PREEMPTED_EXIT_CODE = EXIT_PREEMPTED  # the name used before 0.2
 
 
 class UserError(Exception):
     """Bad input the user can fix: the message names the key or file and says what to do.
 
-    Entry points print it as one line (no traceback unless DDTRAIN_TRACEBACK=1 or
-    HYDRA_FULL_ERROR=1) and exit with status 2 on every rank.
+    Console scripts print it as one line (a traceback only with DDTRAIN_TRACEBACK=1) and exit with
+    EXIT_USER on every rank; the Python API (ddtrain.fit) raises it.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USER
 
 
 class OutOfMemory(RuntimeError):
     """A batch did not fit in device memory on some rank; every rank raises it together."""
 
 
-PREEMPTED_EXIT_CODE = 75
-"""Exit status of a run stopped by SIGTERM/SIGUSR1 after its checkpoint was saved (EX_TEMPFAIL: try again).
-
-launch/slurm.sbatch requeues the job when srun returns it; the requeued job resumes from the checkpoint."""
-
-
 class Preempted(Exception):
-    """Every rank agreed to stop on SIGTERM or SIGUSR1 and the checkpoint is saved (see ddtrain.preempt).
+    """Every rank agreed to stop on SIGTERM or SIGUSR1 and the checkpoint is saved (ddtrain.distributed.preempt).
 
-    Entry points exit with PREEMPTED_EXIT_CODE at once, without tearing down the process group.
+    Console scripts exit with EXIT_PREEMPTED at once, without tearing down the process group.
     """
 
-    exit_code = PREEMPTED_EXIT_CODE
+    exit_code = EXIT_PREEMPTED

@@ -52,13 +52,13 @@ class SampleStream:
 class ShardedBatches:
     """Per-rank micro-batches of an in-memory dataset, served by index gathering (no per-sample collation)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int, global_batch_size: int,
-                 rank: int, world_size: int, grad_accum_steps: int):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int, plan, rank: int):
         self.x, self.y = x, y
         self.stream = SampleStream(len(x), seed, x.device)
-        self.global_batch_size = global_batch_size
-        self.rank, self.world_size, self.grad_accum_steps = rank, world_size, grad_accum_steps
-        self.per_rank_batch_size = global_batch_size // (world_size * grad_accum_steps)
+        self.plan = plan  # ddtrain.batching.BatchPlan
+        self.rank = rank
+        self.global_batch_size, self.world_size = plan.global_batch_size, plan.world_size
+        self.grad_accum_steps, self.per_rank_batch_size = plan.grad_accum_steps, plan.per_rank_batch_size
 
     def indices(self, step: int, micro_step: int = 0) -> torch.Tensor:
         """Sample indices this rank reads at optimizer step `step`, accumulation micro-step `micro_step`."""
@@ -70,10 +70,6 @@ class ShardedBatches:
         """The (inputs, labels) micro-batch of this rank, on the dataset's device."""
         idx = self.indices(step, micro_step)
         return self.x.index_select(0, idx), self.y.index_select(0, idx)
-
-    def epoch_at(self, step: int) -> float:
-        """Passes over the training set completed after `step` optimizer steps."""
-        return step * self.global_batch_size / len(self.x)
 
 
 def eval_shard(num_samples: int, rank: int, world_size: int) -> range:

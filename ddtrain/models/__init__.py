@@ -1,4 +1,4 @@
-"""Model registry: build_model(cfg, input_shape, num_classes) for every name in MODEL_NAMES.
+"""Model registry: build_model(cfg, input_shape, num_classes) for every name in ddtrain.config.MODELS.
 
 Shape checks live here, before any module is built, so a model/dataset mismatch fails as one
 UserError line that names the key instead of as a shape error deep inside a forward pass.
@@ -10,6 +10,7 @@ from typing import Callable, Dict, NamedTuple, Sequence, Tuple
 
 from torch import nn
 
+from ddtrain.config import MODELS
 from ddtrain.errors import UserError
 from ddtrain.models.alexnet import AlexNet
 from ddtrain.models.cnn1d import CNN1d
@@ -17,7 +18,7 @@ from ddtrain.models.lenet import LeNet5
 from ddtrain.models.mlp import MLP
 from ddtrain.models.resnet import resnet18, resnet20, resnet50
 
-MODEL_NAMES = ("mlp", "lenet5", "cnn1d", "resnet20", "resnet18", "resnet50", "alexnet")
+MODEL_NAMES = MODELS  # the one list, shared with config validation
 
 
 class _Entry(NamedTuple):
@@ -36,6 +37,7 @@ _REGISTRY: Dict[str, _Entry] = {
     "resnet50": _Entry(lambda c, s, n: resnet50(s[0], n), "image"),
     "alexnet": _Entry(lambda c, s, n: AlexNet(s[0], n, _dropout(c)), "image", 63),
 }
+assert set(_REGISTRY) == set(MODELS), "ddtrain.config.MODELS and the registry must list the same models"
 
 
 def build_model(cfg, input_shape: Sequence[int], num_classes: int) -> nn.Module:

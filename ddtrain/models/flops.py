@@ -1,4 +1,4 @@
-"""Training FLOPs per sample (counted by torch's FlopCounterMode) and model FLOP utilisation (MFU).
+"""Training FLOPs per sample, counted by torch's FlopCounterMode (MFU: ddtrain.runtime.throughput).
 
 FlopCounterMode counts only matrix products and convolutions (mm, addmm, bmm, convolution and its
 backward, attention kernels), at 2 FLOPs per multiply-add. Element-wise work (activations, BatchNorm,
@@ -9,7 +9,7 @@ the tensor-core peaks measure, which is the usual MFU convention.
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddtrain.errors import UserError
-from ddtrain.hardware import GPUSpec, peak_flops
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -53,21 +52,4 @@ def flops_per_sample(model: nn.Module, input_shape: Sequence[int], num_classes: 
     return int(round(counter.get_total_flops() / batch))
 
 
-def utilization(flops_per_sample: int, samples_per_s: float, world_size: int, spec: Optional[GPUSpec],
-                precision: str) -> dict:
-    """Achieved FLOP/s (total and per device) from global samples/s, and MFU against spec's dense peak."""
-    if world_size < 1:
-        raise UserError(f"world_size={world_size} must be positive")
-    achieved = float(flops_per_sample) * float(samples_per_s)  # samples_per_s is summed over all ranks
-    per_device = achieved / world_size
-    peak = peak_flops(spec, precision)
-    return {
-        "flops_per_sample": int(flops_per_sample),
-        "achieved_flops": achieved,
-        "achieved_flops_per_device": per_device,
-        "peak_flops_per_device": peak,
-        "mfu": per_device / peak if peak else None,
-    }
-
-
-__all__ = ["flops_per_sample", "utilization"]
+__all__ = ["flops_per_sample"]

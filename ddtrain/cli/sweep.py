@@ -1,0 +1,52 @@
+"""ddtrain-sweep: train the configured model at every batch size of sweep.batch_sizes in one job; print the report."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from ddtrain.cli import common
+from ddtrain.config import config_dir, register_configs, validate
+
+register_configs()
+
+
+def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
+    """Start the session, run the missing points, write the artefacts, close; returns the rows."""
+    from ddtrain.distributed.session import Session
+    from ddtrain.sweep.runner import run_sweep, validate_sweep
+
+    def check(world_size: int) -> None:
+        validate(cfg, world_size)
+        validate_sweep(cfg, world_size)
+
+    session = Session.start(cfg.dist, sweep_dir, check=check, log_level=cfg.logging.level,
+                            note="finished points are kept in {run_dir}/sweep.csv; run the same command with "
+                                 "hydra.run.dir={run_dir} to train only the missing ones")
+    rows = run_sweep(cfg, session)
+    if session.engine.is_main:
+        print((session.run_dir / "report.md").read_text(), flush=True)
+    session.close()
+    return rows
+
+
+@hydra.main(config_path=str(config_dir()), config_name="sweep", version_base="1.3")
+def hydra_entry(cfg: DictConfig) -> None:
+    """Hydra's task function of ddtrain-sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with common.exit_path():
+        sweep(cfg, HydraConfig.get().runtime.output_dir)
+    common.end()
+
+
+def main() -> None:
+    """Console script ddtrain-sweep."""
+    from ddtrain.sweep.runner import validate_sweep
+
+    common.prepare_argv("sweep", extra_check=validate_sweep)
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

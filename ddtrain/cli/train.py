@@ -1,0 +1,74 @@
+"""ddtrain-train: compose the config, start the session, run, print the summary.
+
+Runs as one process or unchanged under mpirun, srun and torchrun (rank and world size come from
+the launcher's environment).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from ddtrain.cli import common
+from ddtrain.config import config_dir, register_configs, validate
+
+log = logging.getLogger("ddtrain")
+register_configs()
+
+
+def summary_text(summary: dict, run_dir: Path, tensorboard: bool) -> str:
+    """The short summary printed at the end of a run."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+    sps = summary.get("samples_per_s")
+    lines = [
+        f"done: {summary['model']} on {summary['dataset']}, {summary['world_size']} rank(s), "
+        f"{summary['steps']} steps ({summary['epochs']:.1f} epochs), global batch {summary['global_batch_size']}",
+        f"  test accuracy {pct(summary.get('test_accuracy'))}, val accuracy {pct(summary.get('val_accuracy'))}, "
+        f"final train loss {summary.get('final_train_loss') or float('nan'):.4f}",
+        f"  {sps:,.0f} samples/s" if sps else "  samples/s: n/a (run too short)",
+        f"  wall time {summary['wall_s']:.1f} s; ranks identical: {summary['ranks_identical']}",
+        f"  run directory {run_dir}",
+    ]
+    if tensorboard:
+        lines.append(f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig, run_dir: str) -> dict:
+    """Start the session, train, close; returns the summary (raises on failure)."""
+    from ddtrain.distributed.session import Session
+    from ddtrain.runtime.run import run
+
+    session = Session.start(cfg.dist, run_dir, check=lambda world_size: validate(cfg, world_size),
+                            log_level=cfg.logging.level, checkpoints="checkpoints",
+                            note="no checkpoint written yet" if cfg.checkpoint.every_steps
+                            else "no checkpoint (checkpoint.every_steps=0)")
+    summary = run(cfg, session)
+    if session.engine.is_main:
+        log.info(summary_text(summary, session.run_dir, cfg.logging.tensorboard))
+    session.close()
+    return summary
+
+
+@hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")
+def hydra_entry(cfg: DictConfig) -> None:
+    """Hydra's task function."""
+    from hydra.core.hydra_config import HydraConfig
+
+    with common.exit_path():
+        train(cfg, HydraConfig.get().runtime.output_dir)
+    common.end()
+
+
+def main() -> None:
+    """Console script ddtrain-train."""
+    common.prepare_argv("train")
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""One training run, top to bottom: data, batch plan, model, engine, optimizer, the loop, the summary.
+
+run() gets a started Session (ddtrain.distributed.session: ranks connected, run directory agreed,
+logging set up) and leaves it open, so one job can run several trainings (sweeps, benchmarks).
+It prints nothing: the console scripts show the summary it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from ddtrain.batching import BatchPlan
+from ddtrain.data.feed import load_placed, micro_batches
+from ddtrain.data.sharding import ShardedBatches
+from ddtrain.errors import UserError
+from ddtrain.hardware import lookup_gpu, peak_flops
+from ddtrain.models import build_model
+from ddtrain.models.flops import flops_per_sample
+from ddtrain.runtime.checkpoint import Checkpointer
+from ddtrain.runtime.evaluator import Evaluator
+from ddtrain.runtime.metrics import MetricsSink, peak_memory_bytes, write_json_atomic
+from ddtrain.runtime.optim import build_optimizer, build_scheduler, scaled_lr
+from ddtrain.runtime.step import TrainStep
+from ddtrain.runtime.throughput import ThroughputMeter
+from ddtrain.runtime.trainer import Trainer
+
+log = logging.getLogger("ddtrain")
+
+
+def parameter_digest(model) -> str:
+    """SHA-256 of the model's parameters and buffers: equal digests mean bit-identical models."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dict:
+    """Train one model as configured; returns the summary also written to <run_dir>/summary.json.
+
+    run_dir defaults to the session's. before_fit(trainer), when given, runs after everything is
+    built and before anything is written (the sweep's memory probe).
+    """
+    t_start = time.perf_counter()
+    engine, tc = session.engine, cfg.train
+    device = engine.device
+    run_dir = Path(run_dir) if run_dir is not None else session.run_dir
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()  # per run, also when a sweep runs several in one process
+
+    data, on_device = load_placed(cfg.dataset, device)
+    plan = BatchPlan(tc.global_batch_size, engine.world_size, tc.grad_accum_steps)
+    n_train = data.train_x.shape[0]
+    if n_train < tc.global_batch_size:
+        raise UserError(f"dataset={cfg.dataset.name} has {n_train} training samples, fewer than one global batch "
+                        f"(train.global_batch_size={tc.global_batch_size}); use a smaller batch or a larger dataset")
+    steps = plan.total_steps(tc.epochs, tc.max_steps, n_train)
+
+    torch.manual_seed(tc.seed)  # same initial model on every rank (the engines also broadcast rank 0's)
+    model = build_model(cfg.model, tuple(data.input_shape), data.num_classes).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = tc.cudnn_benchmark
+    fps = flops_per_sample(model, tuple(data.input_shape), data.num_classes, device=device)
+    gpu = lookup_gpu(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    wrapped = engine.wrap(model)
+    if tc.compile:
+        wrapped = torch.compile(wrapped)  # after the engine wraps it, so the compiler sees DDP's buckets
+    lr = scaled_lr(tc.lr, tc.global_batch_size, tc.base_batch_size, tc.lr_scaling)
+    optimizer = engine.wrap_optimizer(build_optimizer(model, cfg.optimizer, lr), model, tc.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps, plan.steps_per_epoch(n_train),
+                                warmup_start_factor=tc.lr / lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=tc.precision == "fp16")
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", engine, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last)
+    state, resume_path = checkpointer.resume_state(cfg.checkpoint.resume, tc.global_batch_size)
+    start_step = int(state["step"]) if state is not None else 0
+    batches = ShardedBatches(data.train_x, data.train_y, seed=tc.seed, plan=plan, rank=engine.rank)
+    step = TrainStep(engine, wrapped, optimizer, scheduler, scaler, plan, tc)
+    trainer = Trainer(
+        engine=engine, step=step, evaluator=Evaluator(engine, step, data, plan, tc), checkpointer=checkpointer,
+        feed=lambda start: micro_batches(batches, start, steps, device, use_loader=not on_device,
+                                         num_workers=cfg.dataset.num_workers,
+                                         prefetch_factor=cfg.dataset.prefetch_factor),
+        meter=ThroughputMeter(device, plan, start_step, tc.throughput_warmup_steps, tc.throughput_measure_steps,
+                              fps, peak_flops(gpu, tc.precision) if gpu else None),
+        total_steps=steps, train_cfg=tc, progress=cfg.logging.progress)
+    if before_fit is not None:
+        before_fit(trainer, batches)
+    trainer.sink = sink = MetricsSink(run_dir, engine.is_main, cfg.logging.tensorboard, OmegaConf.to_yaml(cfg))
+    if state is not None:
+        trainer.load_state_dict(state)
+        checkpointer.restore_rng(state)
+        log.info("resumed from %s at step %d", resume_path, start_step)
+    engine.broadcast_state(model, optimizer)  # every rank starts from rank 0's model and optimizer state
+
+    log.info("training %s on %s: %d steps, global batch %d (%d per rank x %d rank(s) x %d accumulation), lr %.4g",
+             cfg.model.name, cfg.dataset.name, steps, plan.global_batch_size, plan.per_rank_batch_size,
+             plan.world_size, plan.grad_accum_steps, lr)
+    figures = trainer.fit(start_step)
+
+    # distributed: prove the ranks ended with bit-identical models
+    digests = engine.all_gather_object(parameter_digest(model))
+    summary = {
+        "world_size": engine.world_size, "global_batch_size": plan.global_batch_size,
+        "per_rank_batch_size": plan.per_rank_batch_size, "grad_accum_steps": plan.grad_accum_steps, **figures,
+        "lr": lr, "wall_s": time.perf_counter() - t_start, "engine": engine.name, "backend": engine.library,
+        "device": str(device), "precision": tc.precision,
+        "peak_memory_bytes": max(engine.all_gather_object(peak_memory_bytes(device))),
+        "torch_version": torch.__version__, "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "launcher": engine.env.launcher, "run_dir": str(run_dir),
+        "resumed_from": str(resume_path) if resume_path else None, "flops_per_sample": fps,
+        "gpu": gpu.name if gpu else None, "peak_flops_per_device": trainer.meter.peak,
+        "channels_last": tc.channels_last, "compile": tc.compile, "data_on_device": on_device,
+        "parameter_digest": digests[0], "ranks_identical": len(set(digests)) == 1,
+    }
+    if engine.is_main:
+        write_json_atomic(run_dir / "summary.json", summary)
+    sink.close()
+    if not summary["ranks_identical"]:
+        log.error("ranks ended with different parameters: %s", digests)
+    return summary
