@@ -1,7 +1,7 @@
 """Real SLURM: srun and sbatch runs, PMIx/PMI-2 for the mpi engine, preemption with resume, two nodes.
 
 The cluster (Debian's slurmctld + slurmd, see tests/slurm_cluster.py) is started once per session;
-the two-node cluster runs its slurmds in network namespaces (tests/netns.py). Missing SLURM
+the two-node cluster runs its slurmds in network namespaces (tests/helpers/netns.py). Missing SLURM
 binaries fail these tests with a hint to run launch/setup-test.sh (DDTRAIN_NO_SLURM=1 skips them).
 """
 
@@ -235,7 +235,7 @@ def test_srun_pmi2_with_pip_open_mpi_is_refused(cluster, mnist1d_cache, tmp_path
 
 def test_two_nodes(launched, mnist1d_cache, tmp_path):
     """One slurmd per network namespace: `srun -N 2 -n 2` trains over the veth link like one node does."""
-    import netns
+    from helpers import netns
 
     netns.require()
     require_slurm()

@@ -1,6 +1,6 @@
 """Separate "hosts" on one machine: Linux network namespaces joined by a bridge (needs root and iproute2).
 
-    from netns import hosts, require            # tests/ is on sys.path under pytest
+    from helpers.netns import hosts, require    # tests/ is on sys.path under pytest
 
     require()                                   # fails (not skips) when root or `ip` is missing
     with hosts(2) as net:                       # namespaces created here, always removed on exit

@@ -1,6 +1,6 @@
 """A real SLURM cluster for tests: slurmctld plus one slurmd per node, from a generated slurm.conf.
 
-    from slurm_cluster import require_slurm, start     # tests/ is on sys.path under pytest
+    from helpers.slurm_cluster import require_slurm, start     # tests/ is on sys.path under pytest
 
     require_slurm()                                    # fails (skips only with DDTRAIN_NO_SLURM=1)
     with start(tmp_dir) as cluster:                    # one node: this machine, 127.0.0.1
