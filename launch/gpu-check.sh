@@ -4,8 +4,7 @@
 #      fused optimizer, NCCL process-group start-up);
 #   2. ResNet-50 synthetic throughput, bf16, channels_last, batch 256, compile off and on, each against the
 #      hand-written loop (ddtrain-bench throughput), with MFU from ddtrain/hardware.py;
-#   3. a short batch-size sweep whose largest batch runs out of memory and is recorded as such (when
-#      ddtrain-sweep is installed).
+#   3. a short batch-size sweep whose largest batch runs out of memory and is recorded as such.
 # Usage: launch/gpu-check.sh [results.json]     (run from the repository root; python3 must hold torch)
 # GPU_CHECK_MODEL/SHAPE/BATCH/STEPS/SWEEP_SIZES shrink it for a rehearsal on a CPU.
 set -uo pipefail
@@ -37,13 +36,9 @@ for compile in false true; do
 done
 
 echo "== 3/3 sweep into out-of-memory"
-if $PY -c "import ddtrain.sweep" 2>/dev/null; then
-    $PY -m ddtrain.sweep "${common[@]}" "dataset.num_samples=$SWEEP_SAMPLES" "sweep.batch_sizes=$SWEEP_SIZES" \
-        sweep.budget=steps:20 sweep.seeds=[0] sweep.target=1.0 sweep.auto_accumulate=false logging.progress=false \
-        "hydra.run.dir=$work/sweep" 2>&1 | grep -v "^step " | tail -30 | tee "$work/sweep.log"
-else
-    echo "ddtrain-sweep is not installed in this version: skipped" | tee "$work/sweep.log"
-fi
+$PY -m ddtrain.sweep "${common[@]}" "dataset.num_samples=$SWEEP_SAMPLES" "sweep.batch_sizes=$SWEEP_SIZES" \
+    sweep.budget=steps:20 sweep.seeds=[0] sweep.target=1.0 sweep.auto_accumulate=false logging.progress=false \
+    "hydra.run.dir=$work/sweep" 2>&1 | grep -v "^step " | tail -30 | tee "$work/sweep.log"
 
 $PY - "$work" "$OUT" <<'EOF'
 import json, pathlib, sys, time, xml.etree.ElementTree as ET

@@ -11,13 +11,13 @@ import copy
 import gc
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
+from ddtrain.batching import BatchPlan
 from ddtrain.config import LR_SCALING
 from ddtrain.errors import OutOfMemory, UserError
 
@@ -123,7 +123,7 @@ def run_point(cfg, batch_size: int, seed: int, sweep_dir: Path, session) -> dict
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            per_rank = batch_size // (d.world_size * accum)
+            per_rank = BatchPlan(batch_size, d.world_size, accum).per_rank_batch_size
             if cfg.sweep.auto_accumulate and per_rank > 1 and batch_size % (d.world_size * accum * 2) == 0:
                 log.warning("%s: retrying with %d accumulation micro-steps", exc, accum * 2)
                 accum *= 2

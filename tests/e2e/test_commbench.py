@@ -14,6 +14,7 @@ import torch
 
 from conftest import BIN, base_env, free_port
 from ddtrain.perf import allreduce as commbench
+from ddtrain.perf import bandwidth
 from ddtrain.perf import overlap as overlapbench
 from ddtrain.errors import UserError
 
@@ -26,40 +27,40 @@ SMALL = ["--max-bytes", "1M", "--factor", "4", "--iters", "3", "--warmup", "1", 
 
 
 def test_default_sizes_are_powers_of_two_from_4_bytes_to_256_mib():
-    sizes = commbench.message_sizes(4, 256 << 20, 2)
+    sizes = bandwidth.message_sizes(4, 256 << 20, 2)
     assert sizes[0] == 4 and sizes[-1] == 256 << 20 and len(sizes) == 27
     assert all(b == 2 * a for a, b in zip(sizes, sizes[1:]))
 
 
 def test_sizes_are_whole_float32s_increasing_and_include_max():
-    sizes = commbench.message_sizes(6, 1000, 1.5)
+    sizes = bandwidth.message_sizes(6, 1000, 1.5)
     assert all(s % 4 == 0 for s in sizes)
     assert sizes == sorted(set(sizes)) and sizes[0] == 4 and sizes[-1] <= 1000
-    assert commbench.message_sizes(4, 64, 4) == [4, 16, 64]
-    assert commbench.message_sizes(1024, 1024, 2) == [1024]
+    assert bandwidth.message_sizes(4, 64, 4) == [4, 16, 64]
+    assert bandwidth.message_sizes(1024, 1024, 2) == [1024]
 
 
 @pytest.mark.parametrize("args", [(2, 64, 2), (64, 4, 2), (4, 64, 1.0)])
 def test_bad_size_options_are_user_errors(args):
     with pytest.raises(UserError):
-        commbench.message_sizes(*args)
+        bandwidth.message_sizes(*args)
 
 
 def test_bus_bandwidth_is_algbw_times_2_n_minus_1_over_n():
-    assert commbench.bus_bandwidth(10.0, 2) == pytest.approx(10.0)
-    assert commbench.bus_bandwidth(10.0, 4) == pytest.approx(15.0)
-    assert commbench.bus_bandwidth(10.0, 8) == pytest.approx(17.5)
-    assert commbench.bus_bandwidth(10.0, 1) == 0.0
-    assert commbench.algorithm_bandwidth(1 << 20, 0.5) == 2 << 20
+    assert bandwidth.bus_bandwidth(10.0, 2) == pytest.approx(10.0)
+    assert bandwidth.bus_bandwidth(10.0, 4) == pytest.approx(15.0)
+    assert bandwidth.bus_bandwidth(10.0, 8) == pytest.approx(17.5)
+    assert bandwidth.bus_bandwidth(10.0, 1) == 0.0
+    assert bandwidth.algorithm_bandwidth(1 << 20, 0.5) == 2 << 20
 
 
 def test_byte_counts_parse_with_binary_suffixes():
-    assert [commbench.parse_bytes(t) for t in ("4", "64K", "1M", "256MiB", "1G", "2m")] == \
+    assert [bandwidth.parse_bytes(t) for t in ("4", "64K", "1M", "256MiB", "1G", "2m")] == \
         [4, 64 << 10, 1 << 20, 256 << 20, 1 << 30, 2 << 20]
     with pytest.raises(UserError):
-        commbench.parse_bytes("lots")
-    assert commbench.reference_size([4, 1 << 20, 64 << 20, 128 << 20], 64 << 20) == 64 << 20
-    assert commbench.reference_size([4, 1 << 20], 64 << 20) == 1 << 20
+        bandwidth.parse_bytes("lots")
+    assert bandwidth.reference_size([4, 1 << 20, 64 << 20, 128 << 20], 64 << 20) == 64 << 20
+    assert bandwidth.reference_size([4, 1 << 20], 64 << 20) == 1 << 20
     with pytest.raises(UserError):
         commbench.parse_libraries("gloo,shm")
 
@@ -145,7 +146,7 @@ def test_allreduce_bench_under_mpirun_every_available_library(tmp_path):
     p = _mpirun(["allreduce", *SMALL, "--json", str(out)], tmp_path)
     assert p.returncode == 0, p.stderr + p.stdout
     res = json.loads(out.read_text())
-    sizes = commbench.message_sizes(4, 1 << 20, 4)
+    sizes = bandwidth.message_sizes(4, 1 << 20, 4)
     assert res["sizes"] == sizes and res["world_size"] == 2 and res["launcher"] == "openmpi"
     ceiling = res["memcpy"]["cpu"]["bytes_per_s"]
     assert ceiling > 0 and len(res["memcpy"]["cpu"]["concurrent_per_rank_bytes_per_s"]) == 2

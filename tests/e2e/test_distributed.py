@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 from conftest import EQUIV, assert_same_model
 

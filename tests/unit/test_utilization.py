@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from ddtrain.batching import BatchPlan
 from ddtrain.config import ModelConfig
 from ddtrain.errors import UserError
 from ddtrain.hardware import GPUS, INTERCONNECTS, PRECISIONS, lookup_gpu, lookup_interconnect, peak_flops
 from ddtrain.models import build_model
-from ddtrain.batching import BatchPlan
-from ddtrain.hardware import peak_flops
 from ddtrain.models.flops import flops_per_sample
 from ddtrain.runtime.throughput import ThroughputMeter
 
