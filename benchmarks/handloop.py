@@ -93,6 +93,7 @@ def main() -> None:
         step()
     sync()
     times = []
+    cpu_start = time.process_time()  # this process's CPU time, all threads (as ddtrain's cpu_ms_per_step)
     start = last = time.perf_counter()
     for _ in range(a.steps):
         loss = step().detach()
@@ -101,10 +102,12 @@ def main() -> None:
         last = now
     sync()
     elapsed = time.perf_counter() - start
+    cpu_ms_per_step = 1000 * (time.process_time() - cpu_start) / a.steps
 
     if rank == 0:
         result = {"samples_per_s": a.steps * a.global_batch_size / elapsed,
                   "step_time_ms_median": 1000 * statistics.median(times), "elapsed_s": elapsed,
+                  "cpu_ms_per_step": cpu_ms_per_step,
                   "steps": a.steps, "warmup_steps": a.warmup_steps, "world_size": world,
                   "global_batch_size": a.global_batch_size, "per_rank_batch_size": b,
                   "threads": torch.get_num_threads(), "final_loss": loss.item(), "model": a.model,

@@ -71,7 +71,8 @@ class ThroughputMeter:
         self.train_time_s = 0.0  # all training intervals, warm-up included, evaluation excluded
         self.steady_samples, self.steady_time_s = 0, 0.0
         self.steady_rates: list[float] = []  # samples/s of each steady-state interval, for the spread
-        self._start_s, self._start_step = time.perf_counter(), start_step
+        self.steady_steps, self.steady_cpu_s = 0, 0.0  # this process's CPU time (user + sys, all threads)
+        self._start_s, self._start_step, self._start_cpu = time.perf_counter(), start_step, time.process_time()
 
     def _steady(self, step: int) -> bool:
         return self.warmup_end <= step and (self.measure_end is None or step < self.measure_end)
@@ -86,12 +87,13 @@ class ThroughputMeter:
 
     def restart(self, done: int) -> None:
         """Start the next interval now (after evaluation or a checkpoint, which are not training time)."""
-        self._start_s, self._start_step = time.perf_counter(), done
+        self._start_s, self._start_step, self._start_cpu = time.perf_counter(), done, time.process_time()
         self.timer.restart()
 
     def interval(self, done: int) -> tuple[float, float]:
         """At a synchronised point: (samples/s, seconds per step) of the interval since restart()."""
         seconds = time.perf_counter() - self._start_s
+        cpu_s = time.process_time() - self._start_cpu
         steps = done - self._start_step
         samples_per_s = steps * self.global_batch_size / seconds
         self.train_time_s += seconds
@@ -99,6 +101,8 @@ class ThroughputMeter:
             self.steady_samples += steps * self.global_batch_size
             self.steady_time_s += seconds
             self.steady_rates.append(samples_per_s)
+            self.steady_steps += steps
+            self.steady_cpu_s += cpu_s
         return samples_per_s, seconds / max(steps, 1)
 
     def utilization(self, samples_per_s: float | None) -> dict:
@@ -117,4 +121,6 @@ class ThroughputMeter:
         return {"samples_per_s": samples_per_s,
                 "samples_per_s_std": statistics.pstdev(self.steady_rates) if len(self.steady_rates) > 1 else None,
                 "steady_intervals": len(self.steady_rates), "step_time_ms_median": self.timer.median_ms(),
+                # CPU time moves far less than wall time when other work shares the machine
+                "cpu_ms_per_step": 1000 * self.steady_cpu_s / self.steady_steps if self.steady_steps else None,
                 **self.utilization(samples_per_s), "train_time_s": self.train_time_s}
