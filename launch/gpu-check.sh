@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared GPU check (under 8 minutes on one H100 or H200). Writes one JSON file of results:
-#   1. the CUDA-marked tests (tests/test_cuda.py: bf16/channels_last training, fp16 scaler, pinned host feed,
+#   1. the CUDA-marked tests (tests/e2e/test_cuda.py and the other cuda-marked tests: bf16/channels_last training, fp16 scaler, pinned host feed,
 #      fused optimizer, NCCL process-group start-up);
 #   2. ResNet-50 synthetic throughput, bf16, channels_last, batch 256, compile off and on, each against the
 #      hand-written loop (ddtrain-bench throughput), with MFU from ddtrain/hardware.py;
@@ -23,7 +23,7 @@ work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 
 echo "== 1/3 CUDA tests"
-$PY -m pytest -q -m cuda tests/test_cuda.py --junitxml "$work/cuda.xml" 2>&1 | tee "$work/tests.log"
+$PY -m pytest -q -m cuda tests --junitxml "$work/cuda.xml" 2>&1 | tee "$work/tests.log"
 
 common=(model="$MODEL" dataset=synthetic "dataset.shape=$SHAPE" "dataset.num_samples=$((BATCH * 10))"
         "dataset.num_test_samples=$BATCH" "train.global_batch_size=$BATCH" train.precision=bf16
