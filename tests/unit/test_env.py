@@ -246,17 +246,26 @@ def test_distenv_is_frozen():
 
 
 def test_env_module_imports_only_stdlib():
-    """env.py is imported before torch/mpi4py decide anything: it must not pull them in."""
-    tree = ast.parse(Path(env_mod.__file__).read_text())
-    modules = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            modules.add(node.module or "")
-    allowed = set(sys.stdlib_module_names) | {"ddtrain.errors"}
-    bad = {m for m in modules if m not in allowed and m.split(".")[0] not in sys.stdlib_module_names}
-    assert not bad, f"ddtrain/env.py imports non-stdlib modules: {sorted(bad)}"
+    """env.py (and the SLURM node-list parser it uses) is imported before torch/mpi4py decide anything."""
+    from ddtrain.distributed import slurm
+
+    allowed = set(sys.stdlib_module_names) | {"ddtrain.errors", "ddtrain.distributed.slurm"}
+    for module in (env_mod, slurm):
+        tree = ast.parse(Path(module.__file__).read_text())
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                modules.add(node.module or "")
+        bad = {m for m in modules if m not in allowed and m.split(".")[0] not in sys.stdlib_module_names}
+        assert not bad, f"{module.__file__} imports non-stdlib modules: {sorted(bad)}"
+    # and for real: a fresh interpreter that imports it has loaded neither torch nor mpi4py
+    import subprocess
+
+    code = "import sys, ddtrain.distributed.env; print(sorted({'torch', 'mpi4py'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_case_id_unique():
