@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export OMPI_ALLOW_RUN_AS_ROOT ?= 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup demo test test-quick bench figures clean
 
 setup:
 	bash launch/setup.sh
@@ -24,6 +24,10 @@ test-quick: setup
 
 bench: setup
 	$(PY) benchmarks/overhead.py $(ARGS)
+
+# the README's figure tables, rewritten from the recorded benchmark outputs in results/ (no benchmark runs)
+figures: setup
+	$(PY) benchmarks/figures.py $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -2,12 +2,14 @@
 
 Runs, under `mpirun -np N` (default 2), `ddtrain-bench allreduce` (4 B to 256 MiB, gloo, nccl, mpi,
 horovod; memcpy ceiling) and `ddtrain-bench overlap` (ddp, horovod, mpi on LeNet-5 and the MLP),
-then writes both results with the machine's description into one JSON (default docs/comm-cpu.json)
-and prints the two README tables.
+then writes both results with the machine's description into one JSON and prints the two README
+tables (figure_tables.comm, the formatter `make figures` uses). A full 2-rank run writes
+results/comm-cpu.json, the README's recorded figures; --quick or another --np writes to
+outputs/benchmarks/ instead, unless --out says where.
 
     python benchmarks/comm.py                        # full run, about 3-5 minutes on 2 idle cores
     python benchmarks/comm.py --quick --out /tmp/c.json   # smoke test: sizes up to 4 MiB, short blocks
-    python benchmarks/comm.py --tables docs/comm-cpu.json # print the tables of an earlier run
+    python benchmarks/comm.py --tables results/comm-cpu.json   # print the tables of an earlier run
 
 Measure on an otherwise idle machine: the script warns when the load average is above 0.5.
 """
@@ -19,13 +21,16 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import figure_tables  # noqa: E402
+from recorded import default_out, written  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -75,36 +80,15 @@ def commit() -> str | None:
 
 
 def tables(result: dict) -> str:
-    """The two README tables (markdown) from a combined result."""
-    ar, ov = result["allreduce"], result["overlap"]
-    lines = [f"Allreduce, {ar['world_size']} ranks, float32 sum in place; memcpy "
-             + ", ".join(f"{dev} {m['bytes_per_s'] / 1e9:.2f} GB/s" for dev, m in ar["memcpy"].items()), "",
-             f"| engine | busbw at {ar['ref_bytes'] >> 20} MiB (GB/s) | fraction of memcpy | small-message time (us, median of sizes <= 1 KiB) |",
-             "| --- | --- | --- | --- |"]
-    for name, e in ar.get("libraries", ar.get("engines", {})).items():  # "engines" before 0.2
-        if e["status"] != "ok":
-            lines.append(f"| {name} | skipped: {e['reason']} | | |")
-        else:
-            lines.append(f"| {name} | {e['ref_busbw_GBps']:.3f} | {e['busbw_fraction_of_memcpy']:.3f} | "
-                         f"{statistics.median(r['time_us'] for r in e['rows'] if r['bytes'] <= 1024):.1f} |")
-    lines += ["", f"Step time, {ov['world_size']} ranks, batch {ov['batch_per_rank']} per rank, medians of "
-              f"{ov['repeats']} ABBA pairs of {ov['steps']}-step blocks", "",
-              "| engine | model | with sync (ms) | without (ms) | not hidden (ms) | allreduce alone (ms) | hidden |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, e in ov["engines"].items():
-        if e["status"] != "ok":
-            lines.append(f"| {name} | skipped: {e['reason']} | | | | | |")
-            continue
-        for model, m in e["models"].items():
-            lines.append(f"| {name} | {model} | {m['t_sync_ms']:.3f} | {m['t_nosync_ms']:.3f} | "
-                         f"{m['not_hidden_ms']:.3f} | {m['t_comm_alone_ms']:.3f} | {m['hidden_fraction']:.2f} |")
-    return "\n".join(lines)
+    """The two README tables (markdown) from a combined result: the same formatter as `make figures`."""
+    return figure_tables.comm(result)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--np", type=int, default=2, help="ranks")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "comm-cpu.json", help="combined JSON")
+    p.add_argument("--out", type=Path, help="combined JSON (default: results/comm-cpu.json for a full 2-rank run, "
+                   "else outputs/benchmarks/comm-cpu.json)")
     p.add_argument("--quick", action="store_true", help="small sizes and short blocks (smoke test)")
     p.add_argument("--tables", type=Path, help="only print the tables of this earlier result")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per benchmark before it is killed")
@@ -113,6 +97,7 @@ def main() -> int:
         print(tables(json.loads(opts.tables.read_text())))
         return 0
     settings = QUICK if opts.quick else FULL
+    out_path = opts.out or default_out("comm-cpu.json", recorded=not opts.quick and opts.np == 2)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     cores, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
     if load > 0.5:
@@ -132,9 +117,9 @@ def main() -> int:
                 return proc.returncode
             result[bench] = json.loads(out.read_text())
             result[f"load_average_after_{bench}"] = os.getloadavg()[0]
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    opts.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{tables(result)}\n\nwritten {opts.out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\n{tables(result)}\n\n{written(out_path)}")
     return 0
 
 

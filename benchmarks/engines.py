@@ -7,9 +7,13 @@ engine. Engines run in rotating order (repeat 0: ddp, horovod, mpi; repeat 1: mp
 samples/s and median step time, and the ratios of the mpi engine's step time to Horovod's and to
 DDP's (target: within 10%). Every run must end with ranks holding identical parameters.
 
+A full 2-rank run writes results/engines-cpu.json, the README's recorded figures (`make figures`
+turns it into the README's table); --quick or another --ranks writes to outputs/benchmarks/ instead,
+unless --out says where.
+
     python benchmarks/engines.py                      # 4 repeats, ~3-5 minutes on 2 idle cores
     python benchmarks/engines.py --quick              # 1 repeat, short runs: a smoke test
-    python benchmarks/engines.py --out docs/engines-cpu.json
+    python benchmarks/engines.py --repeats 6 --out /tmp/engines.json
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the README's table, printed by the same formatter that `make figures` uses
+from figure_tables import engines as table  # noqa: E402
 from overhead import GLOBAL_BATCH, MODELS, _check, ddtrain_overrides, executable  # noqa: E402
+from recorded import default_out, written  # noqa: E402
 
 ENGINES = ("ddp", "horovod", "mpi")
 STEPS = {"mlp": 400, "lenet5": 500}
@@ -62,25 +69,13 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def table(results: dict) -> str:
-    """The README table."""
-    lines = ["| model | engine | samples/s (median) | step time ms | mpi step time / this engine's |",
-             "| --- | --- | ---: | ---: | ---: |"]
-    for model, r in results["models"].items():
-        s = r["summary"]
-        for e in ENGINES:
-            ratio = {"ddp": s["mpi_vs_ddp"], "horovod": s["mpi_vs_horovod"], "mpi": 1.0}[e]
-            lines.append(f"| {model} | {e} | {s[e]['samples_per_s']:,.0f} | {s[e]['step_time_ms']:.2f} | "
-                         f"{ratio:.3f} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="1 repeat, 60 steps: a smoke test")
-    p.add_argument("--out", type=Path, help="write all results as JSON")
+    p.add_argument("--out", type=Path, help="where all results go as JSON (default: results/engines-cpu.json for "
+                   "a full 2-rank run, else outputs/benchmarks/engines-cpu.json)")
     opts = p.parse_args()
     repeats, scale = (1, 0.15) if opts.quick else (opts.repeats, 1.0)
     results = {"ranks": opts.ranks, "global_batch_size": GLOBAL_BATCH, "repeats": repeats,
@@ -98,9 +93,10 @@ def main() -> None:
     results["load_after"] = os.getloadavg()
     print(table(results))
     print(f"load average before {results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}")
-    if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(json.dumps(results, indent=2) + "\n")
+    out = opts.out or default_out("engines-cpu.json", recorded=not opts.quick and opts.ranks == 2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(written(out))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ the medians over repeats of two per-pair ratios (target >= 0.99 for both):
 
     python benchmarks/overhead.py                   # full: 3 repeats, ~6-8 minutes on 2 cores
     python benchmarks/overhead.py --quick           # 1 repeat, short runs: a smoke test
-    python benchmarks/overhead.py --repeats 5 --out results.json --cases mlp-1,lenet5-2
+    python benchmarks/overhead.py --repeats 5 --out /tmp/overhead.json --cases mlp-1,lenet5-2
+
+A run of every case at full length writes results/overhead-cpu.json, the README's recorded
+figures (`make figures` turns it into the README's table); --quick, --cases, --steps-scale or
+--hand-args write to outputs/benchmarks/ instead, unless --out says where.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(HERE))
+from recorded import default_out, written  # noqa: E402
 
 # name -> (ddtrain overrides, handloop arguments); timed steps per world size (about 5-8 s each on 2 cores)
 MODELS = {
@@ -127,7 +133,8 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's timed steps")
     p.add_argument("--hand-args", default="",
                    help="extra handloop.py flags, e.g. --hand-args='--bucket-view --gather getitem'")
-    p.add_argument("--out", default=str(HERE / "overhead_results.json"), help="where the table goes as JSON")
+    p.add_argument("--out", type=Path, help="where the table goes as JSON (default: results/overhead-cpu.json for "
+                   "every case at full length, else outputs/benchmarks/overhead-cpu.json)")
     a = p.parse_args()
     repeats = a.repeats or (1 if a.quick else 3)
     scale = a.steps_scale * (0.25 if a.quick else 1.0)
@@ -199,8 +206,11 @@ def main() -> None:
               "load_average_at_start": load,
               "hand_args": a.hand_args,
               "rows": rows}
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {a.out}")
+    out = a.out or default_out("overhead-cpu.json", recorded=not (a.quick or a.cases or a.hand_args
+                                                                    or a.steps_scale != 1.0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(written(out))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ least 1, as ddtrain.distributed.rendezvous.limit_cpu_threads gives them):
    Steps 1 (co-located) and 4 alternate for --rounds rounds and the medians are compared, so drifting
    load hits both alike.
 
-Prints model, ranks, the measured inputs, predicted ms, measured ms, error %; with --out writes the rows as
-JSON. About 3-5 minutes on 2 cores. Timing on a shared machine is only as good as its quiet: the load
-average is printed before and after, and figures taken under other load are not worth comparing.
+Prints model, ranks, the measured inputs, predicted ms, measured ms, error % and writes the rows as JSON:
+with the default models and ranks to results/predict-validation-cpu.json (where the README's recorded
+figures live; none is recorded yet, so the README's table is still copied by hand), otherwise to
+outputs/benchmarks/, unless --out says where. About 3-5 minutes on 2 cores. Timing on a shared machine
+is only as good as its quiet: the load average is printed before and after, and figures taken under
+other load are not worth comparing.
 
     python benchmarks/predict_validation.py
     python benchmarks/predict_validation.py --models mlp --ranks 2 --out /tmp/pv.json
@@ -48,6 +51,8 @@ BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from recorded import default_out, written  # noqa: E402
 
 # name -> ddtrain-train overrides (model and sample shape)
 MODELS = {
@@ -264,10 +269,11 @@ def main(argv=None) -> None:
         _allreduce_worker(int(sys.argv[2]), sys.argv[3])
         return
     p = argparse.ArgumentParser(description="predicted vs measured step time of 2 and 4 gloo CPU ranks")
-    p.add_argument("--models", default="mlp,lenet5", help="comma-separated subset of mlp,lenet5")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of mlp,lenet5")
     p.add_argument("--ranks", default="2,4", help="comma-separated rank counts")
     p.add_argument("--rounds", type=int, default=2, help="alternating co-located / n-rank measurements (default 2)")
-    p.add_argument("--out", help="also write the rows as JSON to this file")
+    p.add_argument("--out", type=Path, help="where the rows go as JSON (default: results/predict-validation-cpu.json "
+                   "with the default models and ranks, else outputs/benchmarks/predict-validation-cpu.json)")
     a = p.parse_args(argv)
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     print(f"{cores()} core(s), load average {load0:.2f} at start", flush=True)
@@ -285,10 +291,12 @@ def main(argv=None) -> None:
     if TEARDOWN_FAILURES:
         print(f"{len(TEARDOWN_FAILURES)} run(s) exited non-zero after writing summary.json (see warnings above)")
     print(f"{time.perf_counter() - t0:.0f} s; load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} now")
-    if a.out:
-        Path(a.out).write_text(json.dumps({"cores": cores(), "load_average_at_start": load0, "rows": rows,
-                                           "teardown_failures": TEARDOWN_FAILURES}, indent=2) + "\n")
-        print(f"written {a.out}")
+    out = a.out or default_out("predict-validation-cpu.json",
+                               recorded=(a.models, a.ranks) == (",".join(MODELS), "2,4"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"cores": cores(), "load_average_at_start": load0, "rows": rows,
+                               "teardown_failures": TEARDOWN_FAILURES}, indent=2) + "\n")
+    print(written(out))
 
 
 if __name__ == "__main__":

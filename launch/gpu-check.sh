@@ -5,11 +5,13 @@
 #   2. ResNet-50 synthetic throughput, bf16, channels_last, batch 256, compile off and on, each against the
 #      hand-written loop (ddtrain-bench throughput), with MFU from ddtrain/hardware.py;
 #   3. a short batch-size sweep whose largest batch runs out of memory and is recorded as such.
-# Usage: launch/gpu-check.sh [results.json]     (run from the repository root; python3 must hold torch)
+# Usage: launch/gpu-check.sh [results.json]     (a relative path is from the repository root; python3 must hold torch)
+#   default: results/gpu-check-<GPU>-<date>.json (e.g. results/gpu-check-H200-2026-11-26.json), where the README's
+#   recorded figures live; point the gpu-check entry of benchmarks/figures.py at it and run `make figures`.
 # GPU_CHECK_MODEL/SHAPE/BATCH/STEPS/SWEEP_SIZES shrink it for a rehearsal on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-gpu-check.json}
+OUT=${1:-}  # empty: the default above, named once the GPU is known
 PY=${PYTHON:-python3}
 MODEL=${GPU_CHECK_MODEL:-resnet50}
 SHAPE=${GPU_CHECK_SHAPE:-[3,224,224]}
@@ -43,9 +45,12 @@ $PY -m ddtrain.sweep "${common[@]}" "dataset.num_samples=$SWEEP_SAMPLES" "sweep.
 $PY - "$work" "$OUT" <<'EOF'
 import json, pathlib, sys, time, xml.etree.ElementTree as ET
 import torch
-work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+work = pathlib.Path(sys.argv[1])
 res = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+# "NVIDIA H100 80GB HBM3" -> results/gpu-check-H100-80GB-HBM3-<date>.json: what and where it was measured
+gpu = (res["gpu"] or "cpu").removeprefix("NVIDIA ").replace(" ", "-")
+out = pathlib.Path(sys.argv[2] or f"results/gpu-check-{gpu}-{res['date']}.json")
 if (work / "cuda.xml").exists():
     suite = ET.parse(work / "cuda.xml").getroot().find("testsuite")
     res["cuda_tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
