@@ -1,4 +1,4 @@
-"""Communication benchmarks for the README: allreduce bandwidth per engine and sync/no-sync step times.
+"""Communication benchmarks for the README: allreduce bandwidth per library and sync/no-sync step times per engine.
 
 Runs, under `mpirun -np N` (default 2), `ddtrain-bench allreduce` (4 B to 256 MiB, gloo, nccl, mpi,
 horovod; memcpy ceiling) and `ddtrain-bench overlap` (ddp, horovod, mpi on LeNet-5 and the MLP),

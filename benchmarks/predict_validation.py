@@ -1,4 +1,4 @@
-"""Validate the scaling predictor (ddtrain/predict.py) against what this machine can measure: 2 and 4 CPU ranks on gloo.
+"""Validate the scaling predictor (ddtrain/perf/predict.py) against what this machine can measure: 2 and 4 CPU ranks on gloo.
 
 For each model (MLP 784-1024-1024-10 and LeNet-5 on synthetic data, per-rank batch 64) and rank count n,
 back to back, every process with the thread count each of the n ranks gets (threads = cores // n, at
