@@ -16,7 +16,9 @@ def compose(config_name: str, overrides: list[str]):
     from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
-    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    # hydra.* overrides shape Hydra's own output, not the config; the search path finds the user's
+    # config group files (configs/model/widenet.yaml in their project), so it is kept
+    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra") or o.startswith("hydra.searchpath=")]
     try:
         with initialize_config_dir(str(config_dir()), version_base="1.3", job_name=f"ddtrain-{config_name}"):
             return hydra_compose(config_name, overrides=user)

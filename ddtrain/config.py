@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from ddtrain.batching import BatchPlan
 from ddtrain.errors import UserError
@@ -32,16 +33,27 @@ COMPRESSIONS = {"ddp": ("none", "fp16", "bf16", "powersgd"), "horovod": ("none",
 
 @dataclass
 class ModelConfig:
-    """Which network to train. Input shape and number of classes come from the dataset."""
+    """Which network to train: a built-in name, or the user's own nn.Module through _target_.
 
+    Keys added to this node (model.width=512 on the command line, or in the user's own
+    configs/model/<name>.yaml) are passed to the _target_ as keyword arguments; a built-in model
+    refuses them (a typo fails instead of being ignored).
+    """
+
+    _target_: Optional[str] = None
+    """The user's model: dotted path of an nn.Module class or a function returning one (e.g. mypkg.nets.WideNet); it gets input_shape and num_classes from the dataset when its signature names them. None: the built-in model.name."""
     name: str = "cnn1d"
-    """One of mlp, lenet5, cnn1d, resnet20, resnet18, resnet50, alexnet."""
+    """One of mlp, lenet5, cnn1d, resnet20, resnet18, resnet50, alexnet (unused with _target_)."""
     hidden_sizes: List[int] = field(default_factory=lambda: [100, 100])
     """mlp: widths of the hidden layers."""
     channels: int = 25
     """cnn1d: channels of each of its three convolutions."""
     dropout: float = 0.0
     """mlp and alexnet: dropout probability before each hidden linear layer."""
+    init_from: str = ""
+    """Start from these weights only (fine-tuning: new optimizer and step count): a model.pt, a ddtrain checkpoint or a plain state_dict file (e.g. torchvision's); empty: fresh initialisation."""
+    init_strict: bool = True
+    """With init_from: every parameter and buffer must match by name and shape; false loads what matches and logs the keys it skipped (a new classifier head)."""
 
 
 @dataclass
@@ -76,10 +88,15 @@ class DatasetConfig:
 
 @dataclass
 class OptimizerConfig:
-    """The optimizer; its learning rate comes from train.lr and train.lr_scaling."""
+    """The optimizer; its learning rate comes from train.lr and train.lr_scaling.
 
+    Keys added to this node are passed to optimizer._target_ (e.g. +optimizer.decoupled_weight_decay=true).
+    """
+
+    _target_: Optional[str] = None
+    """The user's optimizer class (e.g. torch.optim.RAdam): called with the model's parameter groups, lr = the scaled train.lr and the keys added here. None: the built-in optimizer.name."""
     name: str = "sgd"
-    """One of sgd, adam, adamw, lars."""
+    """One of sgd, adam, adamw, lars (unused with _target_)."""
     momentum: float = 0.9
     """sgd and lars: momentum factor."""
     nesterov: bool = False
@@ -92,6 +109,19 @@ class OptimizerConfig:
     """adam and adamw: term added to the denominator."""
     trust_coefficient: float = 0.001
     """lars: eta, the trust ratio coefficient (You et al. 2017)."""
+
+
+@dataclass
+class LossConfig:
+    """The training and evaluation loss: cross-entropy on class labels unless _target_ names another.
+
+    Keys added to this node are passed to loss._target_ (e.g. +loss.label_smoothing=0.1).
+    """
+
+    _target_: Optional[str] = None
+    """Any callable (outputs, targets) -> scalar tensor: a loss class (torch.nn.MSELoss) or a function (torch.nn.functional.huber_loss, mypkg.losses.focal); None: cross-entropy."""
+    accuracy: Optional[bool] = None
+    """Report accuracy (argmax of the outputs against integer labels)? None: only for cross-entropy and NLL losses, the classification ones."""
 
 
 @dataclass
@@ -186,6 +216,8 @@ class CheckpointConfig:
     """How many of the newest checkpoints to keep."""
     resume: str = "auto"
     """auto (newest complete checkpoint of this run directory) | never | a checkpoint path."""
+    save_model: bool = True
+    """Write <run_dir>/model.pt at the end: the final weights and the model config (torch.load(weights_only=True)), for model.init_from and ddtrain-export."""
 
 
 @dataclass
@@ -233,6 +265,7 @@ class TrainJob:
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
@@ -241,9 +274,58 @@ class TrainJob:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
+# the nodes whose _target_ may take keys the schema does not know (passed on as keyword arguments)
+TARGET_NODES = {"model": ModelConfig, "optimizer": OptimizerConfig, "loss": LossConfig}
+# losses whose outputs are class scores and targets class indices: accuracy applies
+CLASSIFICATION_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss", "torch.nn.NLLLoss",
+                         "torch.nn.modules.loss.NLLLoss", "torch.nn.functional.cross_entropy",
+                         "torch.nn.functional.nll_loss")
+
+
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore; configs/train.yaml starts from it (its defaults and types)."""
-    ConfigStore.instance().store(name="train_schema", node=TrainJob)
+    node = OmegaConf.structured(TrainJob)
+    for section in TARGET_NODES:
+        # open to new keys (model.width=512) while the declared ones keep their types
+        OmegaConf.set_struct(node[section], False)
+    ConfigStore.instance().store(name="train_schema", node=node)
+
+
+def added_keys(node, section: str) -> list[str]:
+    """Keys of a model/optimizer/loss node that its schema does not declare: the user's, for the _target_."""
+    if not hasattr(node, "keys"):  # a dataclass instance holds its declared fields only
+        return []
+    declared = set(TARGET_NODES[section].__dataclass_fields__)
+    return [str(k) for k in node.keys() if str(k) not in declared]
+
+
+def reports_accuracy(loss_cfg) -> bool:
+    """Whether the loss is a classification loss, so accuracy applies (loss.accuracy decides when set)."""
+    if loss_cfg is None:
+        return True
+    if loss_cfg.get("accuracy") is not None:
+        return bool(loss_cfg.accuracy)
+    target = loss_cfg.get("_target_")
+    return target is None or target in CLASSIFICATION_LOSSES
+
+
+def _check_targets(cfg) -> None:
+    """A _target_ must import; keys added to a built-in's node are typos (nothing would read them)."""
+    from ddtrain.targets import locate
+
+    for section in TARGET_NODES:
+        node = cfg.get(section)
+        if node is None:
+            continue
+        target = node.get("_target_")
+        if target is not None:
+            locate(f"{section}._target_", target)
+            continue
+        extra = added_keys(node, section)
+        if extra:
+            declared = ", ".join(f for f in TARGET_NODES[section].__dataclass_fields__ if f != "_target_")
+            raise UserError(f"{section}.{extra[0]} is not a key of the built-in {section} (its keys: {declared}); "
+                            f"keys you add are passed to your own {section}._target_ only")
 
 
 def config_dir() -> Path:
@@ -266,9 +348,12 @@ def _positive(key: str, value: float) -> None:
 
 def validate(cfg, world_size: int) -> None:
     """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
-    _choice("model", cfg.model.name, MODELS)
+    _check_targets(cfg)
+    if cfg.model.get("_target_") is None:
+        _choice("model", cfg.model.name, MODELS)
     _choice("dataset", cfg.dataset.name, DATASETS)
-    _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
+    if cfg.optimizer.get("_target_") is None:
+        _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
     _choice("schedule", cfg.schedule.name, SCHEDULES)
     _choice("train.lr_scaling", cfg.train.lr_scaling, LR_SCALING)
     _choice("train.precision", cfg.train.precision, PRECISIONS)
@@ -301,6 +386,10 @@ def validate(cfg, world_size: int) -> None:
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
     if not 0.0 <= cfg.train.target_accuracy <= 1.0:
         raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} must be in [0, 1]")
+    if cfg.train.target_accuracy and not reports_accuracy(cfg.get("loss")):
+        raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} needs accuracy, which "
+                        f"loss._target_={cfg.loss._target_} does not report; set loss.accuracy=true if it is a "
+                        "classification loss, else train.target_accuracy=0")
     if cfg.train.time_budget_s < 0 or cfg.train.throughput_measure_steps < 0:
         raise UserError("train.time_budget_s and train.throughput_measure_steps must not be negative")
     BatchPlan(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)  # divides exactly

@@ -20,5 +20,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         pip install "torch==2.13.0" || pip install "torch>=2.2,<2.15" --index-url https://download.pytorch.org/whl/cpu
     fi
 fi
-pip install -e ".[mpi,test]"
+pip install -e ".[mpi,test,export]"
 echo "ddtrain set up in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -19,20 +19,29 @@ log = logging.getLogger("ddtrain")
 register_configs()
 
 
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def summary_text(summary: dict, run_dir: Path, tensorboard: bool) -> str:
     """The short summary printed at the end of a run."""
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.2f}%"
     sps = summary.get("samples_per_s")
+    if "test_accuracy" in summary:
+        scores = f"test accuracy {pct(summary['test_accuracy'])}, val accuracy {pct(summary.get('val_accuracy'))}"
+    else:  # a regression or sequence loss: no accuracy
+        scores = f"test loss {_num(summary.get('test_loss'))}, val loss {_num(summary.get('val_loss'))}"
     lines = [
         f"done: {summary['model']} on {summary['dataset']}, {summary['world_size']} rank(s), "
         f"{summary['steps']} steps ({summary['epochs']:.1f} epochs), global batch {summary['global_batch_size']}",
-        f"  test accuracy {pct(summary.get('test_accuracy'))}, val accuracy {pct(summary.get('val_accuracy'))}, "
-        f"final train loss {summary.get('final_train_loss') or float('nan'):.4f}",
+        f"  {scores}, final train loss {_num(summary.get('final_train_loss'))}",
         f"  {sps:,.0f} samples/s" if sps else "  samples/s: n/a (run too short)",
         f"  wall time {summary['wall_s']:.1f} s; ranks identical: {summary['ranks_identical']}",
         f"  run directory {run_dir}",
     ]
+    if summary.get("model_file"):
+        lines.append(f"  weights {summary['model_file']} (ddtrain-export {summary['model_file']} --format onnx)")
     if tensorboard:
         lines.append(f"  TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Model registry: build_model(cfg, input_shape, num_classes) for every name in ddtrain.config.MODELS.
+"""Model registry: build_model(cfg, input_shape, num_classes) for every name in ddtrain.config.MODELS,
+and for the user's own module named by model._target_ (ddtrain.models.targets).
 
 Shape checks live here, before any module is built, so a model/dataset mismatch fails as one
 UserError line that names the key instead of as a shape error deep inside a forward pass.
@@ -17,6 +18,7 @@ from ddtrain.models.cnn1d import CNN1d
 from ddtrain.models.lenet import LeNet5
 from ddtrain.models.mlp import MLP
 from ddtrain.models.resnet import resnet18, resnet20, resnet50
+from ddtrain.models.targets import build_target_model, model_name
 
 MODEL_NAMES = MODELS  # the one list, shared with config validation
 
@@ -43,9 +45,14 @@ assert set(_REGISTRY) == set(MODELS), "ddtrain.config.MODELS and the registry mu
 def build_model(cfg, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build the network cfg.name for samples shaped input_shape (no batch dim); returns an fp32 CPU module.
 
-    cfg is a ModelConfig or a DictConfig with the same fields. Initialisation draws only from torch's
-    global RNG, so the caller seeds with torch.manual_seed beforehand.
+    cfg is a ModelConfig or a DictConfig with the same fields; with cfg._target_ set, the user's module.
+    Initialisation draws only from torch's global RNG, so the caller seeds with torch.manual_seed beforehand.
     """
+    if getattr(cfg, "_target_", None):
+        from omegaconf import OmegaConf
+
+        return build_target_model(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg),
+                                  input_shape, num_classes)
     name = str(cfg.name)
     if name not in _REGISTRY:
         raise UserError(f"model={name} is not supported; choose one of: {', '.join(MODEL_NAMES)}")
@@ -96,4 +103,4 @@ def _dropout(cfg) -> float:
     return p
 
 
-__all__ = ["MODEL_NAMES", "build_model"]
+__all__ = ["MODEL_NAMES", "build_model", "model_name"]

@@ -12,7 +12,6 @@ import copy
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,8 +30,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def flops_per_sample(model: nn.Module, input_shape: Sequence[int], num_classes: int, batch: int = 2,
-                     device=None) -> int:
-    """FLOPs of one training step's forward + backward (cross-entropy loss) per sample, leaving model untouched."""
+                     device=None, input_dtype: torch.dtype = torch.float32) -> int:
+    """FLOPs of one training step's forward + backward per sample, leaving model untouched.
+
+    num_classes is not needed any more (kept for callers). input_dtype: the samples' dtype (integer for token inputs). Only matrix products and convolutions
+    are counted and their backward depends on shapes alone, so any scalar made from the outputs
+    drives the backward (the loss itself, e.g. cross-entropy or MSE, adds no counted FLOPs).
+    """
     if batch < 1:
         raise UserError(f"batch={batch} must be positive to count FLOPs")
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -41,13 +45,11 @@ def flops_per_sample(model: nn.Module, input_shape: Sequence[int], num_classes: 
     work.train()  # count the training-mode graph (BatchNorm on batch statistics, dropout on)
     work.zero_grad(set_to_none=True)  # gradients copied from the model would only be accumulated into
     # zeros, not random data: FLOPs depend on shapes only, and drawing would shift the training RNG stream
-    x = torch.zeros(batch, *(int(d) for d in input_shape), device=device)
-    y = torch.zeros(batch, dtype=torch.long, device=device).clamp_(max=max(int(num_classes) - 1, 0))
+    x = torch.zeros(batch, *(int(d) for d in input_shape), device=device, dtype=input_dtype)
     # dropout draws from the global RNG; fork it so the caller's seeded stream is unchanged
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices), FlopCounterMode(display=False) as counter:
-        loss = F.cross_entropy(work(x), y)
-        loss.backward()
+        work(x).float().sum().backward()
     # input does not require grad, as in training: the first layer's grad w.r.t. its input is not computed
     return int(round(counter.get_total_flops() / batch))
 

@@ -1,7 +1,8 @@
 """Residual networks (He et al. 2016): CIFAR-style resnet20 and ImageNet-style resnet18/resnet50.
 
-The ImageNet variants match torchvision's layout (v1.5: Bottleneck strides on its 3x3 conv), so
-parameter counts and results are comparable with published numbers.
+The ImageNet variants match torchvision's layout (v1.5: Bottleneck strides on its 3x3 conv) and its
+parameter names (conv1, bn1, layer1..layer4, fc; downsample.0/.1), so parameter counts and results are
+comparable with published numbers and a torchvision or timm ResNet state_dict loads (model.init_from).
 """
 
 from __future__ import annotations
@@ -76,21 +77,24 @@ Block = Type[Union[BasicBlock, Bottleneck]]
 
 
 class ResNet(nn.Module):
-    """Stem, stages of residual blocks (stride 2 from the second stage on), global average pool, fc."""
+    """Stem (conv1, bn1, relu, maxpool), stages layer1.. of residual blocks (stride 2 from layer2 on), pool, fc."""
 
     def __init__(self, block: Block, layers: Sequence[int], widths: Sequence[int], in_channels: int,
                  num_classes: int, imagenet_stem: bool, zero_init_residual: bool):
         super().__init__()
+        # torchvision's attribute names, so its (and timm's) state_dicts load by name
         if imagenet_stem:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
         else:  # CIFAR: small images keep full resolution in the first stage
-            self.stem = nn.Sequential(_conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]),
-                                      nn.ReLU(inplace=True))
+            self.conv1 = _conv3x3(in_channels, widths[0])
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
         self.cin = widths[0]
-        self.stages = nn.Sequential(*(self._stage(block, w, n, 1 if i == 0 else 2)
-                                      for i, (w, n) in enumerate(zip(widths, layers))))
+        self.stages = [self._stage(block, w, n, 1 if i == 0 else 2) for i, (w, n) in enumerate(zip(widths, layers))]
+        for i, stage in enumerate(self.stages):
+            self.add_module(f"layer{i + 1}", stage)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.cin, num_classes)
         for m in self.modules():
@@ -119,8 +123,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (batch, num_classes) for a batch shaped (B, C, H, W)."""
-        x = self.avgpool(self.stages(self.stem(x)))
-        return self.fc(torch.flatten(x, 1))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def resnet20(in_channels: int, num_classes: int) -> ResNet:

@@ -11,7 +11,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ddtrain.data.sharding import eval_shard
 from ddtrain.runtime.metrics import SumMeter
@@ -50,11 +49,11 @@ class Evaluator:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """Loss and accuracy over a whole split, each sample counted once across ranks."""
+        """Loss (and accuracy, for classification) over a whole split, each sample counted once across ranks."""
         model = self.engine.unwrap(self.step.model)
         was_training = model.training
         model.eval()
-        meter = SumMeter(self.engine.device)
+        meter = SumMeter(self.engine.device, self.step.loss.accuracy)
         shard = eval_shard(len(x), self.engine.rank, self.engine.world_size)
         batch = max(self.plan.per_rank_batch_size, 256)
         t0 = time.perf_counter()
@@ -63,7 +62,7 @@ class Evaluator:
             xb, yb = self.step.to_device(x[start:end], y[start:end])
             with self.step.autocast():
                 logits = model(xb)
-            meter.add(F.cross_entropy(logits.float(), yb), logits, yb)
+            meter.add(self.step.loss(logits, yb), logits, yb)
         model.train(was_training)
         result = meter.reduce(self.engine)
         self.eval_time_s += time.perf_counter() - t0
@@ -73,8 +72,9 @@ class Evaluator:
         """Evaluate on the validation set; track the best accuracy and when the target was first reached."""
         val = self.evaluate(self.data.val_x, self.data.val_y)
         self.last_val, self.last_val_step = val, done
-        sink.log(done, {"epoch": round(self.epoch_at(done), 4), "loss": val["loss"], "accuracy": val["accuracy"]},
-                 "val")
+        sink.log(done, {"epoch": round(self.epoch_at(done), 4), **_figures(val)}, "val")
+        if "accuracy" not in val:  # not a classification loss: no best accuracy, no target
+            return val
         if self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy:
             self.best_val_accuracy = val["accuracy"]
         if self.target and not self.reached and val["accuracy"] >= self.target:
@@ -89,10 +89,17 @@ class Evaluator:
         if self.has_val:
             val = self.last_val if self.last_val_step == done else self.validate(done, sink, train_time_s)
         test = self.evaluate(self.data.test_x, self.data.test_y)
-        sink.log(done, {"loss": test["loss"], "accuracy": test["accuracy"]}, "test")
-        return {"val_loss": val.get("loss"), "val_accuracy": val.get("accuracy"),
-                "best_val_accuracy": self.best_val_accuracy, "test_loss": test["loss"],
+        sink.log(done, _figures(test), "test")
+        figures = {"val_loss": val.get("loss"), "test_loss": test["loss"], "eval_s": self.eval_time_s}
+        if not self.step.loss.accuracy:  # a regression or sequence loss: accuracy does not apply
+            return figures
+        return {**figures, "val_accuracy": val.get("accuracy"), "best_val_accuracy": self.best_val_accuracy,
                 "test_accuracy": test["accuracy"], "target_accuracy": self.target or None,
                 "steps_to_target": self.reached.get("steps_to_target"),
                 "epochs_to_target": self.reached.get("epochs_to_target"),
-                "time_to_target_s": self.reached.get("time_to_target_s"), "eval_s": self.eval_time_s}
+                "time_to_target_s": self.reached.get("time_to_target_s")}
+
+
+def _figures(result: dict) -> dict:
+    """What a split's evaluation logs: the loss, and the accuracy where it applies."""
+    return {k: result[k] for k in ("loss", "accuracy") if k in result}

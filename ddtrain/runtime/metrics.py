@@ -14,17 +14,24 @@ from ddtrain.fileio import atomic_open
 
 
 class SumMeter:
-    """Running (loss sum, correct, count) on the device; reduced across ranks only when read."""
+    """Running (loss sum, correct, count) on the device; reduced across ranks only when read.
 
-    def __init__(self, device: torch.device):
+    accuracy=False (a regression or sequence loss): no argmax, and reduce() reports the loss alone.
+    """
+
+    def __init__(self, device: torch.device, accuracy: bool = True):
         self.totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
         self.count = 0  # known on the host: keeping it there avoids a host-to-device copy per step
+        self.accuracy = accuracy
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch whose mean loss is `loss`; no host synchronisation."""
-        n = labels.numel()
-        correct = (logits.argmax(dim=1) == labels).sum()
-        self.totals += torch.stack([loss.double() * n, correct.double()])
+        """Add a batch (of len(labels) samples) whose mean loss is `loss`; no host synchronisation."""
+        n = len(labels)
+        if self.accuracy:
+            correct = (logits.argmax(dim=1) == labels).sum()
+            self.totals += torch.stack([loss.double() * n, correct.double()])
+        else:
+            self.totals[0] += loss.double() * n
         self.count += n
 
     def reduce(self, dist) -> dict:
@@ -35,8 +42,12 @@ class SumMeter:
         self.totals.zero_()
         self.count = 0
         if count == 0:
-            return {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
-        return {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+            result = {"loss": float("nan"), "accuracy": float("nan"), "count": 0}
+        else:
+            result = {"loss": loss_sum / count, "accuracy": correct / count, "count": int(count)}
+        if not self.accuracy:
+            del result["accuracy"]
+        return result
 
 
 def peak_memory_bytes(device: torch.device) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ddtrain.config import LR_SCALING, OPTIMIZERS, SCHEDULES
+from ddtrain.config import LR_SCALING, OPTIMIZERS, SCHEDULES, OptimizerConfig, added_keys
 from ddtrain.errors import UserError
 
 
@@ -129,7 +129,10 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
 
     Two parameter groups, always in this order: "decay" (parameters with 2+ dims, weight
     decay and LARS adaptation) and "no_decay" (1-D parameters: no weight decay, no LARS).
+    With cfg._target_ set, the user's optimizer class (target_optimizer).
     """
+    if getattr(cfg, "_target_", None):
+        return target_optimizer(model, cfg, lr)
     name = cfg.name
     if name not in OPTIMIZERS:
         raise UserError(f"optimizer={name} is not supported; choose one of: {', '.join(OPTIMIZERS)}")
@@ -167,6 +170,42 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     _require(eps >= 0, "optimizer.eps", eps, ">= 0")
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(groups, lr=lr, betas=betas, eps=eps, **kernels)
+
+
+SHARED_KEYS = ("momentum", "nesterov", "weight_decay", "betas", "eps")  # ddtrain's keys a user's optimizer may share
+
+
+def target_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
+    """optimizer._target_ (e.g. torch.optim.RAdam) over the model's parameter groups at the scaled lr.
+
+    It gets the keys the user added to the optimizer node, and ddtrain's momentum, nesterov,
+    weight_decay, betas and eps when its signature names them and the user changed them from ddtrain's
+    default (ddtrain's default would silently replace the optimizer's own). weight_decay applies to the
+    "decay" group only, as for the built-ins; empty groups are left out.
+    """
+    from omegaconf import OmegaConf
+
+    from ddtrain.targets import call, locate, takes
+
+    cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
+    key, path = "optimizer._target_", str(cfg._target_)
+    target = locate(key, path)
+    defaults = OmegaConf.structured(OptimizerConfig)
+    kwargs = {k: cfg[k] for k in added_keys(cfg, "optimizer")}
+    for k in SHARED_KEYS:
+        if takes(target, k) and k not in kwargs and cfg[k] != defaults[k]:
+            kwargs[k] = cfg[k]
+    decay, no_decay = _param_groups(model)
+    groups = [{"name": "decay", "params": decay}, {"name": "no_decay", "params": no_decay}]
+    if "weight_decay" in kwargs:
+        groups[0]["weight_decay"], groups[1]["weight_decay"] = float(kwargs.pop("weight_decay")), 0.0
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise UserError("the model has no trainable parameters to optimize")
+    optimizer = call(key, path, OmegaConf.create({"_target_": path, "_convert_": "all", **kwargs}), groups, lr=lr)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UserError(f"{key}={path} gave a {type(optimizer).__name__}, not a torch.optim.Optimizer")
+    return optimizer
 
 
 def _kernels(params: list) -> dict:

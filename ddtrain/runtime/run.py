@@ -20,10 +20,12 @@ from ddtrain.data.feed import load_placed, micro_batches
 from ddtrain.data.sharding import ShardedBatches
 from ddtrain.errors import UserError
 from ddtrain.hardware import lookup_gpu, peak_flops
-from ddtrain.models import build_model
+from ddtrain.models import build_model, model_name
 from ddtrain.models.flops import flops_per_sample
+from ddtrain.models.weights import MODEL_FILE, init_from, save_model_file
 from ddtrain.runtime.checkpoint import Checkpointer
 from ddtrain.runtime.evaluator import Evaluator
+from ddtrain.runtime.loss import build_loss, check_fits
 from ddtrain.runtime.metrics import MetricsSink, peak_memory_bytes, write_json_atomic
 from ddtrain.runtime.optim import build_optimizer, build_scheduler, scaled_lr
 from ddtrain.runtime.step import TrainStep
@@ -40,6 +42,29 @@ def parameter_digest(model) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
     return h.hexdigest()
+
+
+def _flops(model, data, device) -> int | None:
+    """Training FLOPs per sample; None (and a warning) when the user's model cannot be traced on zeros."""
+    try:
+        return flops_per_sample(model, tuple(data.input_shape), data.num_classes, device=device,
+                                input_dtype=data.train_x.dtype)
+    except Exception as exc:  # e.g. outputs that are not one tensor: throughput is still measured
+        log.warning("FLOPs per sample not counted (%s: %s): no MFU", type(exc).__name__, exc)
+        return None
+
+
+def _model_meta(cfg, data, steps: int) -> dict:
+    """What model.pt says besides the weights: enough to rebuild the model and feed it (ddtrain-export)."""
+    from ddtrain import __version__
+
+    def plain(node):
+        return OmegaConf.to_container(node, resolve=True) if node is not None else None
+
+    return {"model": plain(cfg.model), "input_shape": [int(d) for d in data.input_shape],
+            "num_classes": int(data.num_classes), "dataset": plain(cfg.dataset), "loss": plain(cfg.get("loss")),
+            "step": int(steps), "ddtrain_version": __version__,
+            "torch_version": str(torch.__version__)}  # a str subclass torch.load(weights_only=True) refuses
 
 
 def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dict:
@@ -65,11 +90,17 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
 
     torch.manual_seed(tc.seed)  # same initial model on every rank (the engines also broadcast rank 0's)
     model = build_model(cfg.model, tuple(data.input_shape), data.num_classes).to(device)
+    if cfg.model.get("init_from"):  # weights only: the optimizer, schedule and step count start fresh
+        log.info("%s", init_from(model, cfg.model.init_from, cfg.model.init_strict).line(cfg.model.init_from))
+    loss = build_loss(cfg.get("loss"))
+    if cfg.model.get("_target_") or cfg.loss.get("_target_"):  # the user's code: fail now, not at step 1
+        check_fits(model, loss, data.train_x[:2].to(device), data.train_y[:2].to(device),
+                   f"model {model_name(cfg.model)}")
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = tc.cudnn_benchmark
-    fps = flops_per_sample(model, tuple(data.input_shape), data.num_classes, device=device)
+    fps = _flops(model, data, device)
     gpu = lookup_gpu(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     wrapped = engine.wrap(model)
     if tc.compile:
@@ -84,7 +115,7 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
     state, resume_path = checkpointer.resume_state(cfg.checkpoint.resume, tc.global_batch_size)
     start_step = int(state["step"]) if state is not None else 0
     batches = ShardedBatches(data.train_x, data.train_y, seed=tc.seed, plan=plan, rank=engine.rank)
-    step = TrainStep(engine, wrapped, optimizer, scheduler, scaler, plan, tc)
+    step = TrainStep(engine, wrapped, optimizer, scheduler, scaler, plan, tc, loss)
     trainer = Trainer(
         engine=engine, step=step, evaluator=Evaluator(engine, step, data, plan, tc), checkpointer=checkpointer,
         feed=lambda start: micro_batches(batches, start, steps, device, use_loader=not on_device,
@@ -103,24 +134,28 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
     engine.broadcast_state(model, optimizer)  # every rank starts from rank 0's model and optimizer state
 
     log.info("training %s on %s: %d steps, global batch %d (%d per rank x %d rank(s) x %d accumulation), lr %.4g",
-             cfg.model.name, cfg.dataset.name, steps, plan.global_batch_size, plan.per_rank_batch_size,
+             model_name(cfg.model), cfg.dataset.name, steps, plan.global_batch_size, plan.per_rank_batch_size,
              plan.world_size, plan.grad_accum_steps, lr)
     figures = trainer.fit(start_step)
 
     # distributed: prove the ranks ended with bit-identical models
     digests = engine.all_gather_object(parameter_digest(model))
+    model_file = run_dir / MODEL_FILE if cfg.checkpoint.get("save_model", True) else None
+    if model_file is not None and engine.is_main:
+        save_model_file(model_file, model, _model_meta(cfg, data, figures["steps"]))
     summary = {
         "world_size": engine.world_size, "global_batch_size": plan.global_batch_size,
         "per_rank_batch_size": plan.per_rank_batch_size, "grad_accum_steps": plan.grad_accum_steps, **figures,
         "lr": lr, "wall_s": time.perf_counter() - t_start, "engine": engine.name, "backend": engine.library,
         "device": str(device), "precision": tc.precision,
         "peak_memory_bytes": max(engine.all_gather_object(peak_memory_bytes(device))),
-        "torch_version": torch.__version__, "model": cfg.model.name, "dataset": cfg.dataset.name,
+        "torch_version": torch.__version__, "model": model_name(cfg.model), "dataset": cfg.dataset.name,
         "launcher": engine.env.launcher, "run_dir": str(run_dir),
         "resumed_from": str(resume_path) if resume_path else None, "flops_per_sample": fps,
         "gpu": gpu.name if gpu else None, "peak_flops_per_device": trainer.meter.peak,
         "channels_last": tc.channels_last, "compile": tc.compile, "data_on_device": on_device,
         "parameter_digest": digests[0], "ranks_identical": len(set(digests)) == 1,
+        "model_file": str(model_file) if model_file else None,
     }
     if engine.is_main:
         write_json_atomic(run_dir / "summary.json", summary)

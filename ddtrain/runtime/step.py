@@ -10,9 +10,9 @@ import contextlib
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from ddtrain import testing
+from ddtrain.runtime.loss import Loss, build_loss
 from ddtrain.runtime.metrics import SumMeter
 from ddtrain.runtime.noise import GradientNoiseMeter
 
@@ -48,8 +48,9 @@ def loss_check(rank: int, stop_on_nan: bool):
 class TrainStep:
     """Forward, loss, backward (exchange on the last micro-step only), clip, optimizer and LR step."""
 
-    def __init__(self, engine, model, optimizer, scheduler, scaler, plan, train_cfg):
+    def __init__(self, engine, model, optimizer, scheduler, scaler, plan, train_cfg, loss: Loss | None = None):
         self.engine = engine
+        self.loss = loss if loss is not None else build_loss()  # cross-entropy unless the config names another
         self.model = model  # as wrapped by the engine (and torch.compile)
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.device = engine.device
@@ -58,7 +59,7 @@ class TrainStep:
         self.channels_last = train_cfg.channels_last
         dtype = AMP_DTYPES.get(train_cfg.precision)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        self.meter = SumMeter(self.device)  # the training loss and accuracy since the last log point
+        self.meter = SumMeter(self.device, self.loss.accuracy)  # the training loss (and accuracy) since the last log
         self.check_loss = loss_check(engine.rank, train_cfg.stop_on_nan)
         self.noise = None
         if train_cfg.noise_scale:
@@ -84,7 +85,7 @@ class TrainStep:
             with self.engine.no_sync(self.model) if micro < accum - 1 else contextlib.nullcontext():
                 with self.autocast():
                     logits = self.model(x)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = self.loss(logits, y)
                 if self.check_loss is not None:
                     loss = self.check_loss(step, loss)
                 self.scaler.scale(loss if accum == 1 else loss / accum).backward()

@@ -97,7 +97,8 @@ class Trainer:
     def _log_train(self, done: int, train: dict, samples_per_s: float, step_s: float) -> None:
         self.last_train = train
         record = {"epoch": round(self.evaluator.epoch_at(done), 4), "loss": train["loss"],
-                  "accuracy": train["accuracy"], "lr": self.step.optimizer.param_groups[0]["lr"],
+                  **({"accuracy": train["accuracy"]} if "accuracy" in train else {}),
+                  "lr": self.step.optimizer.param_groups[0]["lr"],
                   "samples_per_s": samples_per_s, "step_time_ms": 1000 * step_s,
                   **self.meter.utilization(samples_per_s)}
         if self.step.noise is not None:
@@ -105,11 +106,12 @@ class Trainer:
             if self.noise_scale is not None:
                 record["noise_scale"] = self.noise_scale
         self.sink.log(done, record, "train")
-        self.bar.set_postfix(loss=f"{train['loss']:.4f}", acc=f"{train['accuracy']:.3f}",
-                             samples_s=f"{samples_per_s:,.0f}", refresh=False)
+        acc = {"acc": f"{train['accuracy']:.3f}"} if "accuracy" in train else {}
+        self.bar.set_postfix(loss=f"{train['loss']:.4f}", **acc, samples_s=f"{samples_per_s:,.0f}", refresh=False)
         if self.bar.disable:
-            log.info("step %d/%d epoch %.2f loss %.4f acc %.3f lr %.4g %.0f samples/s", done, self.total_steps,
-                     record["epoch"], train["loss"], train["accuracy"], record["lr"], samples_per_s)
+            log.info("step %d/%d epoch %.2f loss %.4f%s lr %.4g %.0f samples/s", done, self.total_steps,
+                     record["epoch"], train["loss"], f" acc {acc['acc']}" if acc else "", record["lr"],
+                     samples_per_s)
 
     def _out_of_time(self) -> bool:
         # ranks' clocks differ slightly: decide on their mean, which every rank computes identically
@@ -136,9 +138,9 @@ class Trainer:
         status = self.status
         if status == "ok" and self.evaluator.target and not self.evaluator.reached:
             status = "target_not_reached"
+        accuracy = {"final_train_accuracy": self.last_train.get("accuracy")} if self.step.loss.accuracy else {}
         return {"status": status, "steps": done, "epochs": round(self.evaluator.epoch_at(done), 4),
-                **self.meter.figures(), "final_train_loss": self.last_train.get("loss"),
-                "final_train_accuracy": self.last_train.get("accuracy"), **evaluation,
+                **self.meter.figures(), "final_train_loss": self.last_train.get("loss"), **accuracy, **evaluation,
                 "noise_scale": self.noise_scale, "noise_scale_at_target": self.noise_scale_at_target,
                 "trained_steps_this_run": done - start_step}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ddtrain import testing
 from ddtrain.errors import OutOfMemory
@@ -26,7 +25,7 @@ def probe_memory(trainer, batches, start_step: int = 0) -> None:
         x, y = step.to_device(*batches.get(start_step, 0))
         with engine.local_backward(step.model):  # forward and backward: hooks fire in both
             with step.autocast():
-                loss = F.cross_entropy(step.model(x).float(), y)
+                loss = step.loss(step.model(x), y)
             step.scaler.scale(loss).backward()
         del x, y, loss
     except torch.OutOfMemoryError:

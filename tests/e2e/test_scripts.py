@@ -149,7 +149,7 @@ def test_setup_installs_the_torch_asked_for(tmp_path, gpus, spec, expected):
     assert out.returncode == 0, out.stderr
     installs = [ln.split("--disable-pip-version-check ", 1)[1] for ln in log.read_text().splitlines()
                 if ln.startswith("-m pip")]
-    assert installs[0] == expected and installs[-1] == "install -e .[mpi,test]", installs
+    assert installs[0] == expected and installs[-1] == "install -e .[mpi,test,export]", installs
 
 
 # --- the Dockerfile installs through the scripts CI uses --------------------------------------------------

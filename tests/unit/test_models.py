@@ -109,7 +109,7 @@ def test_resnet_init():
     model = _build("resnet18", (3, 32, 32))
     last = [b.last_bn().weight for b in model.modules() if hasattr(b, "last_bn")]
     assert len(last) == 8 and all((w == 0).all() for w in last)
-    assert (model.stem[1].weight == 1).all() and (model.stem[1].bias == 0).all()
+    assert (model.bn1.weight == 1).all() and (model.bn1.bias == 0).all()
     r20 = _build("resnet20", (3, 32, 32))
     assert sum(1 for m in r20.modules() if hasattr(m, "last_bn")) == 9
     # option B: projection shortcuts only where the shape changes (stages 2 and 3)
