@@ -182,6 +182,8 @@ class TrainConfig:
     """Steps after the warm-up that count towards throughput; 0 means all of them."""
     target_accuracy: float = 0.0
     """Record the step, epoch and training time at which validation accuracy first reaches this; 0: no target."""
+    target_loss: float = 0.0
+    """Record the step, epoch and training time at which the validation loss first falls to this or below (losses without accuracy); 0: no target."""
     time_budget_s: float = 0.0
     """Stop after this many seconds of training (evaluation excluded); 0: no limit."""
     noise_scale: bool = False
@@ -245,7 +247,7 @@ class SweepConfig:
     budget: str = "epochs=20"
     """Length of each point: one of epochs=N, steps=N, samples=N, time_s=N."""
     target_metric: str = "val_accuracy"
-    """The metric that defines reaching the target (val_accuracy)."""
+    """The metric that defines reaching the target: val_accuracy (reach it or more) or val_loss (fall to it or below; for losses without accuracy)."""
     target: float = 0.9
     """Target value of target_metric; time_to_target_s is measured to its first crossing."""
     warmup_steps: int = 5
@@ -390,6 +392,10 @@ def validate(cfg, world_size: int) -> None:
         raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} needs accuracy, which "
                         f"loss._target_={cfg.loss._target_} does not report; set loss.accuracy=true if it is a "
                         "classification loss, else train.target_accuracy=0")
+    if cfg.train.get("target_loss", 0.0) < 0:
+        raise UserError(f"train.target_loss={cfg.train.target_loss} must not be negative (0: no target)")
+    if cfg.train.target_accuracy and cfg.train.get("target_loss", 0.0):
+        raise UserError("set one of train.target_accuracy and train.target_loss, not both")
     if cfg.train.time_budget_s < 0 or cfg.train.throughput_measure_steps < 0:
         raise UserError("train.time_budget_s and train.throughput_measure_steps must not be negative")
     BatchPlan(cfg.train.global_batch_size, world_size, cfg.train.grad_accum_steps)  # divides exactly

@@ -27,13 +27,19 @@ class Evaluator:
         self.data = data
         self.plan = plan
         self.eval_every, self.evals_per_epoch = train_cfg.eval_every, train_cfg.evals_per_epoch
-        self.target = train_cfg.target_accuracy
+        self.target = train_cfg.target_accuracy  # or, for losses without accuracy, a validation loss to reach:
+        self.target_loss = getattr(train_cfg, "target_loss", 0.0)
         self.has_val = data.val_x.shape[0] > 0
         self.eval_time_s = 0.0
         self.last_val: dict = {}
         self.last_val_step: int | None = None
         self.best_val_accuracy: float | None = None
-        self.reached: dict = {}  # steps, epochs and time at which the target accuracy was first reached
+        self.reached: dict = {}  # steps, epochs and time at which the target was first reached
+
+    @property
+    def has_target(self) -> bool:
+        """A target accuracy or validation loss is set."""
+        return bool(self.target or self.target_loss)
 
     def epoch_at(self, step: int) -> float:
         return self.plan.epoch_at(step, len(self.data.train_y))
@@ -73,14 +79,15 @@ class Evaluator:
         val = self.evaluate(self.data.val_x, self.data.val_y)
         self.last_val, self.last_val_step = val, done
         sink.log(done, {"epoch": round(self.epoch_at(done), 4), **_figures(val)}, "val")
-        if "accuracy" not in val:  # not a classification loss: no best accuracy, no target
-            return val
-        if self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy:
+        if "accuracy" in val and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
             self.best_val_accuracy = val["accuracy"]
-        if self.target and not self.reached and val["accuracy"] >= self.target:
+        hit = ((self.target and val.get("accuracy", -1.0) >= self.target)
+               or (self.target_loss and val["loss"] <= self.target_loss))
+        if hit and not self.reached:
             self.reached = {"steps_to_target": done, "epochs_to_target": round(self.epoch_at(done), 4),
                             "time_to_target_s": train_time_s}
-            log.info("target accuracy %.3f reached at step %d (%.1f s of training)", self.target, done, train_time_s)
+            what = f"accuracy {self.target:.3f}" if self.target else f"validation loss {self.target_loss:.4g}"
+            log.info("target %s reached at step %d (%.1f s of training)", what, done, train_time_s)
         return val
 
     def finish(self, done: int, sink, train_time_s: float) -> dict:
@@ -90,14 +97,16 @@ class Evaluator:
             val = self.last_val if self.last_val_step == done else self.validate(done, sink, train_time_s)
         test = self.evaluate(self.data.test_x, self.data.test_y)
         sink.log(done, _figures(test), "test")
-        figures = {"val_loss": val.get("loss"), "test_loss": test["loss"], "eval_s": self.eval_time_s}
+        figures = {"val_loss": val.get("loss"), "test_loss": test["loss"], "eval_s": self.eval_time_s,
+                   "steps_to_target": self.reached.get("steps_to_target"),
+                   "epochs_to_target": self.reached.get("epochs_to_target"),
+                   "time_to_target_s": self.reached.get("time_to_target_s")}
+        if self.target_loss:
+            figures["target_loss"] = self.target_loss
         if not self.step.loss.accuracy:  # a regression or sequence loss: accuracy does not apply
             return figures
         return {**figures, "val_accuracy": val.get("accuracy"), "best_val_accuracy": self.best_val_accuracy,
-                "test_accuracy": test["accuracy"], "target_accuracy": self.target or None,
-                "steps_to_target": self.reached.get("steps_to_target"),
-                "epochs_to_target": self.reached.get("epochs_to_target"),
-                "time_to_target_s": self.reached.get("time_to_target_s")}
+                "test_accuracy": test["accuracy"], "target_accuracy": self.target or None}
 
 
 def _figures(result: dict) -> dict:

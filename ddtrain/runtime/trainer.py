@@ -136,7 +136,7 @@ class Trainer:
         """Final evaluation and the run's figures for summary.json."""
         evaluation = self.evaluator.finish(done, self.sink, self.meter.train_time_s)
         status = self.status
-        if status == "ok" and self.evaluator.target and not self.evaluator.reached:
+        if status == "ok" and self.evaluator.has_target and not self.evaluator.reached:
             status = "target_not_reached"
         accuracy = {"final_train_accuracy": self.last_train.get("accuracy")} if self.step.loss.accuracy else {}
         return {"status": status, "steps": done, "epochs": round(self.evaluator.epoch_at(done), 4),

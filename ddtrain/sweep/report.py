@@ -354,12 +354,17 @@ def _distinct(group, key, spec: str) -> str:
     return "—" if not vals else "/".join(format(v, spec) for v in vals)
 
 
+def _reach(target_metric: str) -> str:
+    """How the metric reaches its target: a loss falls to it, an accuracy rises to it."""
+    return "≤" if target_metric.endswith("loss") else "≥"
+
+
 def write_report(rows: list[dict], sweep_dir, title: str, target: float, target_metric: str) -> str:
     """Write sweep_dir/report.md (per-batch table, findings, link to sweep.png) and return its text."""
     groups = _by_batch(rows)
     spot = sweet_spot(rows)
     lines = [f"# {title}", "",
-             f"Target: {target_metric} ≥ {target:g}. One row per global batch size, means over seeds; "
+             f"Target: {target_metric} {_reach(target_metric)} {target:g}. One row per global batch size, means over seeds; "
              f"steps/time to target average the seeds that reached it (shown as reached/seeds when not all did).",
              ""]
     header = ["batch size", "seeds", "lr", "per-rank batch", "accum", "samples/s", "step time ms",
@@ -392,11 +397,11 @@ def write_report(rows: list[dict], sweep_dir, title: str, target: float, target_
 
     lines += ["", "## Findings", ""]
     if spot is not None:
-        lines.append(f"- **Sweet spot:** batch size {spot['batch_size']:g} reaches {target_metric} ≥ {target:g} "
+        lines.append(f"- **Sweet spot:** batch size {spot['batch_size']:g} reaches {target_metric} {_reach(target_metric)} {target:g} "
                      f"in {spot['time_to_target_s']:.1f} s on average ({spot['seeds']} seed(s), "
                      f"{spot['steps_to_target']:.0f} steps).")
     else:
-        lines.append(f"- **Sweet spot:** none — no batch size reached {target_metric} ≥ {target:g} on every seed.")
+        lines.append(f"- **Sweet spot:** none — no batch size reached {target_metric} {_reach(target_metric)} {target:g} on every seed.")
     largest = largest_within_accuracy(rows)
     if largest is not None:
         accs = {bs: _mean(r.get("best_val_accuracy") for r in g) for bs, g in groups.items()}

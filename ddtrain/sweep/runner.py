@@ -18,11 +18,12 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from ddtrain.batching import BatchPlan
-from ddtrain.config import LR_SCALING
+from ddtrain.config import LR_SCALING, reports_accuracy
 from ddtrain.errors import OutOfMemory, UserError
 
 log = logging.getLogger("ddtrain")
 BUDGET_KINDS = ("epochs", "steps", "samples", "time_s")
+TARGET_METRICS = ("val_accuracy", "val_loss")
 
 
 def parse_budget(budget: str) -> tuple[str, float]:
@@ -50,12 +51,17 @@ def validate_sweep(cfg, world_size: int) -> None:
     if sc.lr_scaling not in LR_SCALING:
         raise UserError(f"sweep.lr_scaling={sc.lr_scaling} is not supported; choose one of: {', '.join(LR_SCALING)}")
     parse_budget(sc.budget)
-    if sc.target_metric != "val_accuracy":
-        raise UserError(f"sweep.target_metric={sc.target_metric} is not supported; use val_accuracy")
-    if not 0 < sc.target <= 1:
+    if sc.target_metric not in TARGET_METRICS:
+        raise UserError(f"sweep.target_metric={sc.target_metric} is not supported; use one of {', '.join(TARGET_METRICS)}")
+    if sc.target_metric == "val_accuracy" and not reports_accuracy(cfg.get("loss")):
+        raise UserError(f"sweep.target_metric=val_accuracy needs accuracy, which loss._target_={cfg.loss._target_} "
+                        "does not report: use sweep.target_metric=val_loss (and a loss as sweep.target)")
+    if sc.target_metric == "val_accuracy" and not 0 < sc.target <= 1:
         raise UserError(f"sweep.target={sc.target} must be an accuracy in (0, 1]")
+    if not sc.target > 0:
+        raise UserError(f"sweep.target={sc.target} must be positive")
     if cfg.dataset.val_fraction <= 0:
-        raise UserError("a sweep measures validation accuracy: set dataset.val_fraction > 0 (e.g. 0.1)")
+        raise UserError("a sweep measures its target on the validation set: set dataset.val_fraction > 0 (e.g. 0.1)")
     if sc.warmup_steps < 0 or sc.measure_steps < 0 or sc.evals_per_epoch < 1:
         raise UserError("sweep.warmup_steps and sweep.measure_steps must be >= 0, sweep.evals_per_epoch >= 1")
     parts = world_size * micro_steps(world_size, cfg.train.grad_accum_steps)
@@ -83,7 +89,10 @@ def point_config(cfg, batch_size: int, seed: int, accum: int) -> DictConfig:
             tc.max_steps = max(1, math.ceil(amount / batch_size))
         else:  # time: the schedule spans train.epochs; the point stops when its training time is spent
             tc.time_budget_s = amount
-        tc.target_accuracy = sc.target
+        if sc.target_metric == "val_loss":
+            tc.target_accuracy, tc.target_loss = 0.0, sc.target
+        else:
+            tc.target_accuracy, tc.target_loss = sc.target, 0.0
         tc.noise_scale = True
         tc.eval_every, tc.evals_per_epoch = 0, sc.evals_per_epoch
         tc.throughput_warmup_steps, tc.throughput_measure_steps = sc.warmup_steps, sc.measure_steps

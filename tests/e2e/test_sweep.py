@@ -121,6 +121,8 @@ def test_budget_and_point_config():
     assert (p.train.global_batch_size, p.train.seed, p.train.grad_accum_steps) == (256, 3, 2)
     assert p.train.max_steps == 4 and p.train.lr_scaling == "sqrt" and p.train.noise_scale
     assert p.checkpoint.resume == "never" and p.train.target_accuracy == cfg.sweep.target
+    by_loss = point_config(compose("sweep", ["sweep.target_metric=val_loss", "sweep.target=0.3"]), 64, 0, 1)
+    assert (by_loss.train.target_accuracy, by_loss.train.target_loss) == (0.0, 0.3)
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -129,6 +131,8 @@ def test_budget_and_point_config():
     (["sweep.target_metric=loss"], "sweep.target_metric"),
     (["dataset.val_fraction=0"], "dataset.val_fraction"),
     (["sweep.lr_scaling=cubic"], "sweep.lr_scaling"),
+    (["loss._target_=torch.nn.MSELoss"], "sweep.target_metric=val_loss"),  # no accuracy to reach
+    (["sweep.target_metric=val_loss", "sweep.target=0"], "sweep.target"),
 ])
 def test_bad_sweep_keys(overrides, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):

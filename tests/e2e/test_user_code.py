@@ -95,3 +95,22 @@ def test_user_model_under_srun_from_the_working_directory(launch, mnist1d_cache,
 
     got = torch.load(tmp_path / "srun" / "checkpoints" / "step_00000024.pt", weights_only=True)["model"]
     assert_same_model(got, one.checkpoint(24)["model"])
+
+
+def test_regression_sweep_with_a_validation_loss_target(mnist1d_cache, tmp_path):
+    import subprocess
+
+    cwd = beside(tmp_path)
+    d = tmp_path / "sweep"
+    p = subprocess.run([str(BIN / "ddtrain-sweep"), "logging.progress=false", f"dataset.cache_dir={mnist1d_cache}",
+                        "model._target_=usernets.Regressor", "loss._target_=usernets.label_mse", "optimizer=adam",
+                        "train.lr=0.01", "sweep.batch_sizes=[64,256]", "sweep.budget=epochs:3",
+                        "sweep.target_metric=val_loss", "sweep.target=9", "sweep.warmup_steps=2",
+                        "sweep.measure_steps=10", f"hydra.run.dir={d}"], env=base_env(), cwd=cwd, text=True,
+                       capture_output=True, timeout=600)
+    assert p.returncode == 0, p.stderr + p.stdout
+    rows = {r["batch_size"]: r for r in json.loads((d / "sweep.json").read_text())}
+    assert sorted(rows) == [64, 256]
+    for r in rows.values():  # labels 0..9 read as numbers: a loss of 9 is what predicting ~4.5 gives
+        assert r["status"] == "ok" and r["steps_to_target"] is not None and r["best_val_accuracy"] is None
+    assert "Target: val_loss ≤ 9" in (d / "report.md").read_text()

@@ -171,6 +171,13 @@ def test_a_regression_model_logs_its_loss_and_no_accuracy(tmp_path):
     assert records and not [r for r in records if "accuracy" in r]
     train = [r["loss"] for r in records if "lr" in r]
     assert train[-1] < 0.5 * train[0]  # it learns: labels 0..2 as numbers, from a much larger first loss
+    val = [r["loss"] for r in records if "lr" not in r and "epoch" in r]
+    # a validation-loss target (what ddtrain-sweep's sweep.target_metric=val_loss sets): its first crossing
+    target = ddtrain.fit([*TINY, "model._target_=helpers.usernets.Regressor", "loss._target_=helpers.usernets.label_mse",
+                          "train.max_steps=40", "train.eval_every=5", "optimizer=adam", "train.lr=0.02",
+                          "train.lr_scaling=none", "schedule=constant", "schedule.warmup_epochs=0",
+                          f"train.target_loss={max(val)}"], run_dir=tmp_path / "target")
+    assert target["status"] == "ok" and target["target_loss"] == max(val) and target["steps_to_target"] <= 40
 
 
 def test_fit_raises_on_bad_input_and_the_process_goes_on(tmp_path):
