@@ -33,7 +33,8 @@ def flops_per_sample(model: nn.Module, input_shape: Sequence[int], num_classes: 
                      device=None, input_dtype: torch.dtype = torch.float32) -> int:
     """FLOPs of one training step's forward + backward per sample, leaving model untouched.
 
-    num_classes is not needed any more (kept for callers). input_dtype: the samples' dtype (integer for token inputs). Only matrix products and convolutions
+    num_classes is not needed any more (kept for callers). input_dtype: the samples' dtype (integer
+    for token inputs). Only matrix products and convolutions
     are counted and their backward depends on shapes alone, so any scalar made from the outputs
     drives the backward (the loss itself, e.g. cross-entropy or MSE, adds no counted FLOPs).
     """

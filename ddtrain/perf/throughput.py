@@ -23,11 +23,11 @@ FORCED = {
 def hand_loop(cfg, d, warmup: int, iters: int, batches_per_iter: int) -> dict:
     """The minimal loop a user writes: shuffled in-memory batches, forward, loss, backward, SGD step."""
     import torch
-    import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from ddtrain.data import load_splits
     from ddtrain.models import build_model
+    from ddtrain.runtime.loss import build_loss
 
     tc = cfg.train
     device = d.device
@@ -35,6 +35,7 @@ def hand_loop(cfg, d, warmup: int, iters: int, batches_per_iter: int) -> dict:
     x, y = data.train_x, data.train_y
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model, tuple(data.input_shape), data.num_classes).to(device)
+    loss_fn = build_loss(cfg.get("loss"))
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if d.active:
@@ -67,7 +68,7 @@ def hand_loop(cfg, d, warmup: int, iters: int, batches_per_iter: int) -> dict:
             if tc.channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(model(xb).float(), yb)
+                loss = loss_fn(model(xb), yb)  # the configured loss (cross-entropy by default), in fp32
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -96,6 +97,7 @@ def bench_overrides(overrides: list[str], warmup: int, iters: int, batches_per_i
 
 def measure(cfg, session, warmup: int, iters: int, batches_per_iter: int, repeats: int, out_dir: Path) -> dict:
     """Alternate the hand loop and ddtrain `repeats` times in one job; returns the JSON-able result."""
+    from ddtrain.models import model_name
     from ddtrain.runtime.run import run
 
     if cfg.dist.engine != "ddp":
@@ -119,7 +121,7 @@ def measure(cfg, session, warmup: int, iters: int, batches_per_iter: int, repeat
     for r in rows:
         r["ddtrain_mfu"], r["hand_mfu"] = mfu(r["ddtrain"]), mfu(r["hand"])
     return {
-        "model": cfg.model.name, "dataset": cfg.dataset.name, "shape": list(cfg.dataset.shape),
+        "model": model_name(cfg.model), "dataset": cfg.dataset.name, "shape": list(cfg.dataset.shape),
         "global_batch_size": cfg.train.global_batch_size, "world_size": d.world_size,
         "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
         "device": s["device"], "gpu": s.get("gpu"), "flops_per_sample": fps,

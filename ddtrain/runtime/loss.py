@@ -1,4 +1,4 @@
-"""The loss of training and evaluation: cross-entropy, or any callable (outputs, targets) -> scalar named by loss._target_.
+"""The loss of training and evaluation: cross-entropy, or any callable (outputs, targets) -> scalar (loss._target_).
 
     ddtrain-train loss._target_=torch.nn.MSELoss                 # a class: built once with the keys added to `loss`
     ddtrain-train loss._target_=torch.nn.functional.huber_loss +loss.delta=0.5   # a function: called with them
@@ -26,7 +26,7 @@ def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class Loss:
-    """loss(outputs, targets) -> the mean loss, computed in fp32 (also under autocast); .accuracy: whether it applies."""
+    """loss(outputs, targets) -> the mean loss, in fp32 (also under autocast); .accuracy: whether accuracy applies."""
 
     def __init__(self, fn, accuracy: bool, name: str):
         self.fn, self.accuracy, self.name = fn, accuracy, name

@@ -364,7 +364,8 @@ def write_report(rows: list[dict], sweep_dir, title: str, target: float, target_
     groups = _by_batch(rows)
     spot = sweet_spot(rows)
     lines = [f"# {title}", "",
-             f"Target: {target_metric} {_reach(target_metric)} {target:g}. One row per global batch size, means over seeds; "
+             f"Target: {target_metric} {_reach(target_metric)} {target:g}. One row per global batch size, "
+             "means over seeds; "
              f"steps/time to target average the seeds that reached it (shown as reached/seeds when not all did).",
              ""]
     header = ["batch size", "seeds", "lr", "per-rank batch", "accum", "samples/s", "step time ms",

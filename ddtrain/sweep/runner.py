@@ -52,7 +52,8 @@ def validate_sweep(cfg, world_size: int) -> None:
         raise UserError(f"sweep.lr_scaling={sc.lr_scaling} is not supported; choose one of: {', '.join(LR_SCALING)}")
     parse_budget(sc.budget)
     if sc.target_metric not in TARGET_METRICS:
-        raise UserError(f"sweep.target_metric={sc.target_metric} is not supported; use one of {', '.join(TARGET_METRICS)}")
+        raise UserError(f"sweep.target_metric={sc.target_metric} is not supported; "
+                        f"use one of {', '.join(TARGET_METRICS)}")
     if sc.target_metric == "val_accuracy" and not reports_accuracy(cfg.get("loss")):
         raise UserError(f"sweep.target_metric=val_accuracy needs accuracy, which loss._target_={cfg.loss._target_} "
                         "does not report: use sweep.target_metric=val_loss (and a loss as sweep.target)")
@@ -61,7 +62,8 @@ def validate_sweep(cfg, world_size: int) -> None:
     if not sc.target > 0:
         raise UserError(f"sweep.target={sc.target} must be positive")
     if cfg.dataset.val_fraction <= 0:
-        raise UserError("a sweep measures its target on the validation set: set dataset.val_fraction > 0 (e.g. 0.1)")
+        raise UserError("a sweep measures its target on the validation set: "
+                        "set dataset.val_fraction > 0 (e.g. 0.1)")
     if sc.warmup_steps < 0 or sc.measure_steps < 0 or sc.evals_per_epoch < 1:
         raise UserError("sweep.warmup_steps and sweep.measure_steps must be >= 0, sweep.evals_per_epoch >= 1")
     parts = world_size * micro_steps(world_size, cfg.train.grad_accum_steps)
@@ -193,7 +195,9 @@ def run_sweep(cfg: DictConfig, session) -> list[dict]:
         log.info("%s", point_line(row))
     rows.sort(key=lambda r: (r["batch_size"], r["seed"]))
     if d.is_main:
-        title = f"{cfg.model.name} on {cfg.dataset.name}, {d.world_size} rank(s)"
+        from ddtrain.models import model_name
+
+        title = f"{model_name(cfg.model)} on {cfg.dataset.name}, {d.world_size} rank(s)"
         report.write_table(rows, sweep_dir)
         report.plot(rows, sweep_dir / "sweep.png", title=title)
         report.write_report(rows, sweep_dir, title, cfg.sweep.target, cfg.sweep.target_metric)
