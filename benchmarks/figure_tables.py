@@ -285,3 +285,50 @@ def gpu_check_quotes(result: dict) -> list[str]:
             quotes += [f"batch {r['batch_size']} at {r['samples_per_s']:,.0f} img/s",
                        f"micro-batches of {r['per_rank_batch_size']}"]
     return quotes
+
+
+# --- inference batch size (benchmarks/inference.py, ddtrain-bench inference) ----------------------------------
+
+INFERENCE_RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
+def _ms(x: float) -> str:
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.1f}"
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def inference(result: dict) -> str:
+    """Latency p50 / p99 and samples/s per batch size, one column pair per runtime."""
+    rows = {(r["runtime"], r["batch_size"]): r for r in result["rows"]}
+    runtimes = [rt for rt in INFERENCE_RUNTIMES if any(k[0] == rt for k in rows)]
+    header = ["batch"] + [h for rt in runtimes for h in (f"{rt} p50 / p99 ms", f"{rt} samples/s")]
+    body = [[str(b)] + [c for rt in runtimes for c in (
+        f"{_ms(rows[rt, b]['latency_ms_p50'])} / {_ms(rows[rt, b]['latency_ms_p99'])}",
+        _rate(rows[rt, b]["samples_per_s"]))] for b in sorted({k[1] for k in rows})]
+    return markdown_table(header, "r" * len(header), body)
+
+
+def _speedups(result: dict, runtime: str) -> list[float]:
+    """Eager's p50 over the runtime's, per batch size and round (the rounds ran in reversed order)."""
+    p50 = {(r["runtime"], r["batch_size"]): r["p50_per_round_ms"] for r in result["rows"]}
+    return [e / o for (rt, b), eager in p50.items() if rt == "eager"
+            for e, o in zip(eager, p50[runtime, b])]
+
+
+def inference_quotes(result: dict) -> list[str]:
+    """The prose after the inference table: load, round spread, speed-ups over eager."""
+    def span(xs):
+        return f"{min(xs):.1f}–{max(xs):.1f}×", f"(median {statistics.median(xs):.1f}×)"
+    spread = max(max(r["p50_per_round_ms"]) / min(r["p50_per_round_ms"]) for r in result["rows"])
+    loads = [result["load_average_before"][0], result["load_average_after"][0]]
+    ort = {r["batch_size"]: r for r in result["rows"] if r["runtime"] == "onnxruntime"}
+    (ort_range, ort_median), (compile_range, compile_median) = (span(_speedups(result, rt))
+                                                                 for rt in ("onnxruntime", "compile"))
+    return [f"load average {min(loads):.0f}–{max(loads):.0f} on {result['cores']} cores",
+            f"differ by up to {spread:.1f}×", f"its p50 is {ort_range} faster than eager {ort_median}",
+            f"compiled (with freezing) {compile_range} {compile_median}",
+            f"{ort[min(ort)]['latency_ms_p50']:.0f} ms at batch {min(ort)} to "
+            f"{ort[max(ort)]['latency_ms_p50'] / 1000:.1f} s at {max(ort)}"]

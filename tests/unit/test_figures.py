@@ -278,3 +278,24 @@ def test_mnist1d_table_gives_mean_min_and_each_seed():
     assert "over seeds 0, 1 |" in lines[0]
     assert lines[2] == "| cnn1d (default) | 2 | **94.98%** (94.60%) | 94.6, 95.3 | 94% |"
     assert ft.mnist1d_accuracy_quotes(rows) == ["seeds 0, 1, measured with"]
+
+
+def test_inference_table_and_the_speedups_the_prose_quotes():
+    def row(runtime, b, p50, p99, rounds):
+        return {"runtime": runtime, "batch_size": b, "latency_ms_p50": p50, "latency_ms_p99": p99,
+                "samples_per_s": 1000 * b / p50, "p50_per_round_ms": rounds}
+    result = {"load_average_before": [9.2, 9, 9], "load_average_after": [11.4, 11, 11], "cores": 2, "rows": [
+        row("eager", 1, 200.0, 250.0, [300.0, 100.0]), row("onnxruntime", 1, 100.0, 120.0, [100.0, 100.0]),
+        row("eager", 32, 6400.0, 8000.0, [6400.0, 6400.0]), row("onnxruntime", 32, 1600.0, 2000.0, [3200.0, 1600.0])]}
+    lines = ft.inference(result).splitlines()
+    assert lines[0] == ("| batch | eager p50 / p99 ms | eager samples/s | onnxruntime p50 / p99 ms "
+                        "| onnxruntime samples/s |")
+    assert lines[2] == "| 1 | 200.0 / 250.0 | 5.0 | 100.0 / 120.0 | 10.0 |"
+    assert lines[3] == "| 32 | 6,400 / 8,000 | 5.0 | 1,600 / 2,000 | 20.0 |"
+    # eager / onnxruntime per round: 3, 1, 2, 4 -> 1.0–4.0×, median 2.5×; round p50s differ by up to 3×
+    quotes = ft.inference_quotes({**result, "rows": [r for r in result["rows"]] + [
+        row("compile", 1, 150.0, 160.0, [150.0, 100.0]), row("compile", 32, 3200.0, 3300.0, [3200.0, 3200.0])]})
+    assert quotes[:3] == ["load average 9–11 on 2 cores", "differ by up to 3.0×",
+                          "its p50 is 1.0–4.0× faster than eager (median 2.5×)"]
+    assert quotes[3] == "compiled (with freezing) 1.0–2.0× (median 2.0×)"
+    assert quotes[4] == "100 ms at batch 1 to 1.6 s at 32"
