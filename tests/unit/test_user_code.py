@@ -1,7 +1,7 @@
 """The user's own model, optimizer and loss through `_target_`, and ddtrain.fit as a notebook uses it.
 
 In-process, one rank (no launcher): the multi-process equivalence of the same targets is in
-tests/e2e/test_user_code.py. The user's module is tests/helpers/usernets.py (tests/ is on sys.path).
+tests/e2e/test_targets_launched.py. The user's module is tests/helpers/usernets.py (tests/ is on sys.path).
 """
 
 from __future__ import annotations
