@@ -278,12 +278,6 @@ class TrainJob:
 
 # the nodes whose _target_ may take keys the schema does not know (passed on as keyword arguments)
 TARGET_NODES = {"model": ModelConfig, "optimizer": OptimizerConfig, "loss": LossConfig}
-# losses whose outputs are class scores and targets class indices: accuracy applies
-CLASSIFICATION_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss", "torch.nn.NLLLoss",
-                         "torch.nn.modules.loss.NLLLoss", "torch.nn.functional.cross_entropy",
-                         "torch.nn.functional.nll_loss")
-
-
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore; configs/train.yaml starts from it (its defaults and types)."""
     node = OmegaConf.structured(TrainJob)
@@ -291,43 +285,6 @@ def register_configs() -> None:
         # open to new keys (model.width=512) while the declared ones keep their types
         OmegaConf.set_struct(node[section], False)
     ConfigStore.instance().store(name="train_schema", node=node)
-
-
-def added_keys(node, section: str) -> list[str]:
-    """Keys of a model/optimizer/loss node that its schema does not declare: the user's, for the _target_."""
-    if not hasattr(node, "keys"):  # a dataclass instance holds its declared fields only
-        return []
-    declared = set(TARGET_NODES[section].__dataclass_fields__)
-    return [str(k) for k in node.keys() if str(k) not in declared]
-
-
-def reports_accuracy(loss_cfg) -> bool:
-    """Whether the loss is a classification loss, so accuracy applies (loss.accuracy decides when set)."""
-    if loss_cfg is None:
-        return True
-    if loss_cfg.get("accuracy") is not None:
-        return bool(loss_cfg.accuracy)
-    target = loss_cfg.get("_target_")
-    return target is None or target in CLASSIFICATION_LOSSES
-
-
-def _check_targets(cfg) -> None:
-    """A _target_ must import; keys added to a built-in's node are typos (nothing would read them)."""
-    from ddtrain.targets import locate
-
-    for section in TARGET_NODES:
-        node = cfg.get(section)
-        if node is None:
-            continue
-        target = node.get("_target_")
-        if target is not None:
-            locate(f"{section}._target_", target)
-            continue
-        extra = added_keys(node, section)
-        if extra:
-            declared = ", ".join(f for f in TARGET_NODES[section].__dataclass_fields__ if f != "_target_")
-            raise UserError(f"{section}.{extra[0]} is not a key of the built-in {section} (its keys: {declared}); "
-                            f"keys you add are passed to your own {section}._target_ only")
 
 
 def config_dir() -> Path:
@@ -350,7 +307,9 @@ def _positive(key: str, value: float) -> None:
 
 def validate(cfg, world_size: int) -> None:
     """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
-    _check_targets(cfg)
+    from ddtrain.targets import check_targets, reports_accuracy
+
+    check_targets(cfg)
     if cfg.model.get("_target_") is None:
         _choice("model", cfg.model.name, MODELS)
     _choice("dataset", cfg.dataset.name, DATASETS)

@@ -5,7 +5,8 @@
 A target is looked up on sys.path and in the working directory (a console script such as ddtrain-train
 does not put the working directory on sys.path, `python -m` does; users expect both to find the
 module beside them). Anything that goes wrong becomes a UserError naming the key and the cause, the
-same on every rank.
+same on every rank. Which keys of the model, optimizer and loss nodes are the user's, and whether a
+loss is a classification loss (accuracy applies), are decided here too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import os
 import sys
 from typing import Any, Callable
 
+from ddtrain.config import TARGET_NODES
 from ddtrain.errors import UserError
+
+# losses whose outputs are class scores and targets class indices: accuracy applies
+CLASSIFICATION_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.modules.loss.CrossEntropyLoss", "torch.nn.NLLLoss",
+                         "torch.nn.modules.loss.NLLLoss", "torch.nn.functional.cross_entropy",
+                         "torch.nn.functional.nll_loss")
 
 
 def _cwd_on_path() -> None:
@@ -96,4 +103,40 @@ def _cause(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {_first_line(cause)}"
 
 
-__all__ = ["call", "locate", "parameters", "partial", "takes"]
+def added_keys(node, section: str) -> list[str]:
+    """Keys of a model/optimizer/loss node that its schema does not declare: the user's, for the _target_."""
+    if not hasattr(node, "keys"):  # a dataclass instance holds its declared fields only
+        return []
+    declared = set(TARGET_NODES[section].__dataclass_fields__)
+    return [str(k) for k in node.keys() if str(k) not in declared]
+
+
+def reports_accuracy(loss_cfg) -> bool:
+    """Whether the loss is a classification loss, so accuracy applies (loss.accuracy decides when set)."""
+    if loss_cfg is None:
+        return True
+    if loss_cfg.get("accuracy") is not None:
+        return bool(loss_cfg.accuracy)
+    target = loss_cfg.get("_target_")
+    return target is None or target in CLASSIFICATION_LOSSES
+
+
+def check_targets(cfg) -> None:
+    """A _target_ must import; keys added to a built-in's node are typos (nothing would read them)."""
+    for section in TARGET_NODES:
+        node = cfg.get(section)
+        if node is None:
+            continue
+        target = node.get("_target_")
+        if target is not None:
+            locate(f"{section}._target_", target)
+            continue
+        extra = added_keys(node, section)
+        if extra:
+            declared = ", ".join(f for f in TARGET_NODES[section].__dataclass_fields__ if f != "_target_")
+            raise UserError(f"{section}.{extra[0]} is not a key of the built-in {section} (its keys: {declared}); "
+                            f"keys you add are passed to your own {section}._target_ only")
+
+
+__all__ = ["CLASSIFICATION_LOSSES", "added_keys", "call", "check_targets", "locate", "parameters", "partial",
+           "reports_accuracy", "takes"]

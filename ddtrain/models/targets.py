@@ -16,9 +16,9 @@ from typing import Sequence
 from omegaconf import OmegaConf
 from torch import nn
 
-from ddtrain.config import ModelConfig, added_keys
+from ddtrain.config import ModelConfig
 from ddtrain.errors import UserError
-from ddtrain.targets import call, locate, takes
+from ddtrain.targets import added_keys, call, locate, takes
 
 SHARED_KEYS = ("hidden_sizes", "channels", "dropout")  # ddtrain's model keys a user's constructor may share
 FROM_DATASET = ("input_shape", "num_classes")

@@ -4,7 +4,7 @@
     ddtrain-train loss._target_=torch.nn.functional.huber_loss +loss.delta=0.5   # a function: called with them
 
 Accuracy (argmax of the outputs against integer labels) is reported only for classification losses
-(ddtrain.config.reports_accuracy), so a regression or sequence model logs its loss alone.
+(ddtrain.targets.reports_accuracy), so a regression or sequence model logs its loss alone.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from ddtrain.config import added_keys, reports_accuracy
 from ddtrain.errors import UserError
-from ddtrain.targets import locate, partial
+from ddtrain.targets import added_keys, locate, partial, reports_accuracy
 
 
 def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

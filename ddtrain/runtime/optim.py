@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ddtrain.config import LR_SCALING, OPTIMIZERS, SCHEDULES, OptimizerConfig, added_keys
+from ddtrain.config import LR_SCALING, OPTIMIZERS, SCHEDULES, OptimizerConfig
 from ddtrain.errors import UserError
 
 
@@ -185,7 +185,7 @@ def target_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     """
     from omegaconf import OmegaConf
 
-    from ddtrain.targets import call, locate, takes
+    from ddtrain.targets import added_keys, call, locate, takes
 
     cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
     key, path = "optimizer._target_", str(cfg._target_)

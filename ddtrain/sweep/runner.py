@@ -18,8 +18,9 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from ddtrain.batching import BatchPlan
-from ddtrain.config import LR_SCALING, reports_accuracy
+from ddtrain.config import LR_SCALING
 from ddtrain.errors import OutOfMemory, UserError
+from ddtrain.targets import reports_accuracy
 
 log = logging.getLogger("ddtrain")
 BUDGET_KINDS = ("epochs", "steps", "samples", "time_s")
