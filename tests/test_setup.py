@@ -31,9 +31,11 @@ from pathlib import Path
 fakes = Path(__file__).resolve().parent.parent
 conf = json.loads((fakes / "fake.json").read_text())
 args = sys.argv[1:]
-env = {k: v for k, v in os.environ.items() if k.startswith(("PIP_", "HOROVOD_", "CMAKE_"))}
+env = {k: v for k, v in os.environ.items()
+       if k.startswith(("PIP_", "HOROVOD_", "CMAKE_")) or k in ("CUDA_HOME", "CUDA_PATH", "PATH")}
+launcher = os.environ.get("CMAKE_CXX_COMPILER_LAUNCHER")
 with open(conf["log"], "a") as log:
-    log.write(json.dumps({"args": args, "env": env}) + "\n")
+    log.write(json.dumps({"args": args, "env": env, "launcher": launcher and Path(launcher).read_text()}) + "\n")
 command = next((a for a in args if not a.startswith("-")), "")
 if command == "install" and any(a.startswith("torch") for a in args) and not (fakes / "torch").exists():
     if "--no-index" in args:
@@ -51,9 +53,9 @@ if command == "install" and any(a.startswith("torch") for a in args) and not (fa
               "connection: [Errno -2] Name or service not known')) - skipping" % conf["cpu_index"])
     if build is None:
         sys.exit("ERROR: No matching distribution found for torch")
-    (fakes / "torch").mkdir()
-    (fakes / "torch" / "__init__.py").write_text(
-        "import types\n__version__ = %r\nversion = types.SimpleNamespace(cuda=%r)\n" % tuple(build))
+    sys.path.insert(0, str(fakes.parent))
+    from test_setup_fake_torch import write_fake_torch
+    write_fake_torch(fakes, *build)
 elif command == "wheel":
     out = Path(args[args.index("-w") + 1])
     out.mkdir(parents=True, exist_ok=True)
@@ -61,21 +63,46 @@ elif command == "wheel":
 '''
 
 
+FAKE_TORCH = r'''
+import json
+
+
+def write_fake_torch(fakes, version, cuda, header=""):
+    """A fake torch package in `fakes`: its version, CUDA version, a c10 header (`header` as its text),
+    and torch.utils.cpp_extension.CUDA_HOME found as torch finds it, with the test's stand-in for
+    /usr/local/cuda (fake.json's default_cuda_home)."""
+    torch = fakes / "torch"
+    (torch / "utils").mkdir(parents=True)
+    (torch / "__init__.py").write_text(
+        "import types\n__version__ = %r\nversion = types.SimpleNamespace(cuda=%r)\n" % (version, cuda))
+    (torch / "utils" / "__init__.py").write_text("")
+    (torch / "utils" / "cpp_extension.py").write_text(
+        "import json, os, shutil\n"
+        "default = json.load(open(%r))['default_cuda_home']\n"
+        "nvcc = shutil.which('nvcc')\n"
+        "CUDA_HOME = (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')\n"
+        "             or (os.path.dirname(os.path.dirname(nvcc)) if nvcc else default)) if %r else None\n"
+        % (str(fakes / "fake.json"), cuda is not None))
+    (torch / "include" / "c10" / "core").mkdir(parents=True)
+    (torch / "include" / "c10" / "core" / "TensorImpl.h").write_text(header)
+'''
+
+
 class FakeVenv:
     """A venv folder whose bin/python is the real interpreter without site-packages (-S), with the fakes
     folder (fake pip, and fake torch once installed) first on its path."""
 
-    def __init__(self, tmp: Path, builds: dict, torch: tuple | None = None):
+    def __init__(self, tmp: Path, builds: dict, torch: tuple | None = None, default_cuda_home: str | None = None):
         self.path, self.fakes, self.log = tmp / "venv", tmp / "fakes", tmp / "pip.log"
         (self.path / "bin").mkdir(parents=True)
         (self.fakes / "pip").mkdir(parents=True)
         (self.fakes / "pip" / "__main__.py").write_text(FAKE_PIP)
         (self.fakes / "fake.json").write_text(json.dumps({"log": str(self.log), "cpu_index": CPU_INDEX,
-                                                          "builds": builds}))
+                                                          "builds": builds, "default_cuda_home": default_cuda_home}))
+        (tmp / "test_setup_fake_torch.py").write_text(FAKE_TORCH)
         if torch:
-            (self.fakes / "torch").mkdir()
-            (self.fakes / "torch" / "__init__.py").write_text(
-                "import types\n__version__ = %r\nversion = types.SimpleNamespace(cuda=%r)\n" % torch)
+            exec(FAKE_TORCH, namespace := {})
+            namespace["write_fake_torch"](self.fakes, *torch)
         self.python = self.path / "bin" / "python"
         script(self.python, f'PYTHONPATH="{self.fakes}" exec "{sys.executable}" -S "$@"')
         script(self.path / "bin" / "horovodrun", 'echo "fake horovodrun $*"')
@@ -115,6 +142,8 @@ def machine(tmp: Path, gpus: int, nvcc: Path | None = None) -> dict:
 
 
 def run(name: str, env: dict, args: list[str] = ()) -> subprocess.CompletedProcess:
+    if "PATH_PREFIX" in env:
+        env = {**env, "PATH": env.pop("PATH_PREFIX") + ":" + env["PATH"]}
     out = subprocess.run(["bash", str(LAUNCH / name), *args], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     return out
@@ -267,10 +296,11 @@ def nccl(tmp: Path, present: bool = True) -> Path:
     return home
 
 
-def install_horovod(tmp_path, torch: tuple, gpus: int, nvcc: Path | None = None, **env) -> tuple[FakeVenv, str, dict | None]:
+def install_horovod(tmp_path, torch: tuple, gpus: int, nvcc: Path | None = None, default_cuda_home: str | None = None,
+                    **env) -> tuple[FakeVenv, str, dict | None]:
     """Run install-horovod.sh; return the fake venv, its one line about GPU operations and the
     environment Horovod was built with (None: it came from the cache)."""
-    venv = FakeVenv(tmp_path, {}, torch)
+    venv = FakeVenv(tmp_path, {}, torch, default_cuda_home)
     cache = env.setdefault("DDTRAIN_WHEEL_CACHE", str(tmp_path / "cache"))
     out = run("install-horovod.sh", {**machine(tmp_path, gpus, nvcc), **env}, [str(venv.python)])
     [line] = [ln for ln in out.stdout.splitlines() if "GPU operations" in ln]
@@ -278,26 +308,57 @@ def install_horovod(tmp_path, torch: tuple, gpus: int, nvcc: Path | None = None,
     assert len(builds) <= 1 and "fake horovodrun --check-build" in out.stdout
     installed = [c["args"][-1] for c in venv.calls() if "--force-reinstall" in c["args"]]
     assert len(installed) == 1 and installed[0].startswith(cache + "/")  # the wheel in the cache
-    return venv, line, builds[0]["env"] if builds else None
+    return venv, line, {**builds[0]["env"], "launcher": builds[0]["launcher"]} if builds else None
 
 
 def cached(tmp_path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "cache").iterdir())
 
 
-def test_cuda_torch_without_a_gpu_builds_cpu_only(tmp_path):
-    """The issue's machine: PyPI's CUDA torch, an nvcc, no GPU: no NCCL operations, so no CUDA build step."""
-    _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=0, CUDA_HOME=str(toolkit(tmp_path)))
-    assert line == ("install-horovod: CPU-only build, no GPU operations (torch 2.14.1+cu130 is a CUDA 13.0 build but "
-                    "no NVIDIA GPU is visible; HOROVOD_GPU_OPERATIONS=NCCL builds them anyway)")
+WITHOUT_CUDA = "the torch binding is compiled without CUDA (nvcc and CUDA_HOME hidden from the build)"
+NO_GPU = "torch 2.14.1+cu130 is a CUDA 13.0 build but no NVIDIA GPU is visible; HOROVOD_GPU_OPERATIONS=NCCL builds them anyway"
+
+
+def test_cuda_torch_without_a_gpu_gets_cpu_collectives_and_the_toolkit_for_its_binding(tmp_path):
+    """The issue's machine: PyPI's CUDA torch, a CUDA toolkit whose nvcc on PATH is a wrapper, no GPU:
+    no NCCL operations, and CMake and torch both get the toolkit's folder (the binding of a CUDA torch
+    is compiled with CUDA whatever the operations)."""
+    cuda = toolkit(tmp_path)
+    script(tmp_path / "wrapper" / "nvcc", f'exec {cuda}/bin/nvcc "$@"')  # as /usr/local/bin/nvcc here
+    _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=0, PATH_PREFIX=str(tmp_path / "wrapper"),
+                                   default_cuda_home=str(cuda))
+    assert line == (f"install-horovod: CPU collectives only, no GPU operations ({NO_GPU}); the torch binding is "
+                    f"compiled with CUDA from {cuda}")
     assert "HOROVOD_GPU_OPERATIONS" not in env and env["HOROVOD_WITH_PYTORCH"] == "1"
+    assert env["HOROVOD_CUDA_HOME"] == env["CUDA_HOME"] == str(cuda)
     assert cached(tmp_path) == ["horovod-0.28.1-torch2.14.1_cu130-py%d%d-13.0-cpuonly" % sys.version_info[:2]]
 
 
-def test_cpu_torch_builds_cpu_only_even_with_a_gpu(tmp_path):
+def test_cuda_torch_without_a_usable_toolkit_compiles_its_binding_without_cuda(tmp_path):
+    """An nvcc without headers beside it (the issue's CMake failure): nvcc is taken off PATH for the build."""
+    bare = toolkit(tmp_path, headers=False)
+    _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=0, nvcc=bare / "bin" / "nvcc")
+    assert line == f"install-horovod: CPU collectives only, no GPU operations ({NO_GPU}); {WITHOUT_CUDA}"
+    assert "CUDA_HOME" not in env and "HOROVOD_CUDA_HOME" not in env and "HOROVOD_GPU_OPERATIONS" not in env
+    assert str(tmp_path / "fakebin") not in env["PATH"].split(":") and "/usr/bin" in env["PATH"].split(":")
+
+
+def test_cuda_torch_with_a_cuda_folder_it_cannot_compile_against_stops_before_building(tmp_path):
+    bare = toolkit(tmp_path, headers=False)  # what torch's helper would take (its /usr/local/cuda guess)
+    venv = FakeVenv(tmp_path, {}, CUDA_BUILD, default_cuda_home=str(bare))
+    out = subprocess.run(["bash", str(LAUNCH / "install-horovod.sh"), str(venv.python)], capture_output=True,
+                         text=True, timeout=60, env={**machine(tmp_path, 0), "DDTRAIN_WHEEL_CACHE": str(tmp_path / "c")})
+    assert out.returncode == 1 and not [c for c in venv.calls() if c["args"][:1] == ["wheel"]]
+    assert out.stderr.strip() == (
+        f"install-horovod: error: torch 2.14.1+cu130 is a CUDA build and its C++ extensions take CUDA from {bare}, "
+        "which has no include/cuda_runtime.h or libcudart, so Horovod's torch binding cannot be compiled; install "
+        "the CUDA toolkit there (or set CUDA_HOME to one), or install PyTorch's CPU build")
+
+
+def test_cpu_torch_gets_cpu_collectives_even_with_a_gpu(tmp_path):
     _, line, env = install_horovod(tmp_path, LOCAL_CPU_BUILD, gpus=1, CUDA_HOME=str(toolkit(tmp_path)),
                                    HOROVOD_NCCL_HOME=str(nccl(tmp_path)))
-    assert line == "install-horovod: CPU-only build, no GPU operations (torch 2.13.0+cpu is the CPU build)"
+    assert line == "install-horovod: CPU collectives only, no GPU operations (torch 2.13.0+cpu is the CPU build)"
     assert "HOROVOD_GPU_OPERATIONS" not in env and cached(tmp_path)[0].endswith("-cpu-cpuonly")
 
 
@@ -305,35 +366,36 @@ def test_gpu_toolkit_and_nccl_build_nccl_operations_with_their_own_cache_key(tmp
     cuda, nccl_home = toolkit(tmp_path), nccl(tmp_path)
     _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=8, CUDA_HOME=str(cuda), HOROVOD_NCCL_HOME=str(nccl_home))
     assert line == (f"install-horovod: GPU operations with NCCL (a GPU, the CUDA toolkit in {cuda} and NCCL in "
-                    f"{nccl_home}/include, {nccl_home}/lib)")
+                    f"{nccl_home}/include, {nccl_home}/lib); the torch binding is compiled with CUDA from {cuda}")
     assert env["HOROVOD_GPU_OPERATIONS"] == "NCCL" and env["HOROVOD_CUDA_HOME"] == str(cuda)
     assert cached(tmp_path) == ["horovod-0.28.1-torch2.14.1_cu130-py%d%d-13.0-nccl" % sys.version_info[:2]]
 
 
-def test_a_cpu_only_wheel_in_the_cache_is_not_taken_for_a_nccl_build(tmp_path):
-    cuda, nccl_home = toolkit(tmp_path), nccl(tmp_path)
-    install_horovod(tmp_path / "a", CUDA_BUILD, gpus=0, DDTRAIN_WHEEL_CACHE=str(tmp_path / "cache"))
+def test_a_cached_cpu_collectives_wheel_is_not_taken_for_a_nccl_build(tmp_path):
+    cuda, nccl_home, shared = toolkit(tmp_path), nccl(tmp_path), str(tmp_path / "cache")
+    install_horovod(tmp_path / "a", CUDA_BUILD, gpus=0, CUDA_HOME=str(cuda), DDTRAIN_WHEEL_CACHE=shared)
     _, _, env = install_horovod(tmp_path / "b", CUDA_BUILD, gpus=1, CUDA_HOME=str(cuda), HOROVOD_NCCL_HOME=str(nccl_home),
-                                DDTRAIN_WHEEL_CACHE=str(tmp_path / "cache"))
+                                DDTRAIN_WHEEL_CACHE=shared)
     assert env is not None and env["HOROVOD_GPU_OPERATIONS"] == "NCCL"  # built, not taken from the cache
-    assert [p.name.rsplit("-", 1)[1] for p in sorted((tmp_path / "cache").iterdir())] == ["cpuonly", "nccl"]
-    _, _, env = install_horovod(tmp_path / "c", CUDA_BUILD, gpus=0, DDTRAIN_WHEEL_CACHE=str(tmp_path / "cache"))
-    assert env is None  # the CPU-only wheel again, from the cache
+    assert [p.rsplit("-", 1)[1] for p in cached(tmp_path)] == ["cpuonly", "nccl"]
+    _, _, env = install_horovod(tmp_path / "c", CUDA_BUILD, gpus=0, CUDA_HOME=str(cuda), DDTRAIN_WHEEL_CACHE=shared)
+    assert env is None  # the CPU-collectives wheel again, from the cache
 
 
-def test_gpu_without_cuda_headers_builds_cpu_only_and_says_what_to_install(tmp_path):
-    cuda = toolkit(tmp_path, headers=False)  # an nvcc, no include/cuda_runtime.h (the issue's CMake failure)
+def test_gpu_without_cuda_headers_gets_cpu_collectives_and_says_what_to_install(tmp_path):
+    cuda = toolkit(tmp_path, headers=False)  # an nvcc, no include/cuda_runtime.h
     _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=1, CUDA_HOME=str(cuda), HOROVOD_NCCL_HOME=str(nccl(tmp_path)))
-    assert line == ("install-horovod: CPU-only build, no GPU operations (a GPU, but no CUDA toolkit headers and runtime "
-                    f"(include/cuda_runtime.h, lib*/libcudart*) in $CUDA_HOME={cuda}; install the CUDA toolkit or set CUDA_HOME)")
-    assert "HOROVOD_GPU_OPERATIONS" not in env and cached(tmp_path)[0].endswith("-cpuonly")
+    assert line == ("install-horovod: CPU collectives only, no GPU operations (a GPU, but no CUDA toolkit headers and "
+                    f"runtime (include/cuda_runtime.h, lib*/libcudart*) in $CUDA_HOME={cuda}; install the CUDA toolkit or "
+                    f"set CUDA_HOME); {WITHOUT_CUDA}")
+    assert "HOROVOD_GPU_OPERATIONS" not in env and "CUDA_HOME" not in env and cached(tmp_path)[0].endswith("-cpuonly")
 
 
-def test_gpu_and_cuda_without_nccl_builds_cpu_only_and_says_what_to_install(tmp_path):
+def test_gpu_and_cuda_without_nccl_get_cpu_collectives_and_say_what_to_install(tmp_path):
     cuda, nccl_home = toolkit(tmp_path), nccl(tmp_path, present=False)
     _, line, env = install_horovod(tmp_path, CUDA_BUILD, gpus=1, CUDA_HOME=str(cuda), HOROVOD_NCCL_HOME=str(nccl_home))
-    assert line.startswith(f"install-horovod: CPU-only build, no GPU operations (a GPU and the CUDA toolkit in {cuda}, but no NCCL")
-    assert line.endswith("install NCCL (Debian/Ubuntu: libnccl-dev) or set HOROVOD_NCCL_HOME)")
+    assert line.startswith(f"install-horovod: CPU collectives only, no GPU operations (a GPU and the CUDA toolkit in {cuda}, but no NCCL")
+    assert "install NCCL (Debian/Ubuntu: libnccl-dev) or set HOROVOD_NCCL_HOME)" in line
     assert "HOROVOD_GPU_OPERATIONS" not in env
 
 
@@ -348,9 +410,24 @@ def test_the_toolkit_is_found_through_nvcc_on_path_and_handed_to_cmake(tmp_path)
 
 def test_an_explicit_choice_is_honoured_without_a_gpu(tmp_path):
     """A docker build sees no GPU and still needs NCCL operations in the image."""
-    _, line, env = install_horovod(tmp_path, ("2.14.1+cu128", "12.8"), gpus=0, HOROVOD_GPU_OPERATIONS="NCCL")
-    assert line == "install-horovod: GPU operations with NCCL (HOROVOD_GPU_OPERATIONS=NCCL was set)"
+    cuda = toolkit(tmp_path)
+    _, line, env = install_horovod(tmp_path, ("2.14.1+cu128", "12.8"), gpus=0, HOROVOD_GPU_OPERATIONS="NCCL",
+                                   CUDA_HOME=str(cuda))
+    assert line == (f"install-horovod: GPU operations with NCCL (HOROVOD_GPU_OPERATIONS=NCCL was set); the torch binding "
+                    f"is compiled with CUDA from {cuda}")
     assert env["HOROVOD_GPU_OPERATIONS"] == "NCCL" and cached(tmp_path)[0].endswith("-12.8-nccl")
+
+
+@pytest.mark.parametrize("header,std", [("struct Plain {};\n", "c++17"),
+                                        ("#include <compare>\nstd::strong_ordering order();\n", "c++20")],
+                         ids=["torch-2.13-headers", "torch-2.14-headers"])
+def test_the_compiler_launcher_appends_the_standard_torchs_headers_need(tmp_path, header, std):
+    venv = FakeVenv(tmp_path, {}, None)
+    exec(FAKE_TORCH, namespace := {})
+    namespace["write_fake_torch"](venv.fakes, *LOCAL_CPU_BUILD, header)
+    run("install-horovod.sh", {**machine(tmp_path, 0), "DDTRAIN_WHEEL_CACHE": str(tmp_path / "c")}, [str(venv.python)])
+    [build] = [c for c in venv.calls() if c["args"][:1] == ["wheel"]]
+    assert build["launcher"].splitlines()[-1] == f'exec "$@" -std={std}'
 
 
 def test_the_dockerfile_asks_for_nccl_operations():
