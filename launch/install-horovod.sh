@@ -203,7 +203,9 @@ EOF
     export HOROVOD_WITH_GLOO=1
     if command -v mpicxx >/dev/null; then export HOROVOD_WITH_MPI=1; fi
     export MAKEFLAGS="-j$(nproc)"
-    pip wheel -q --no-deps --no-build-isolation -w "$work/wheel" "horovod==$HOROVOD_VERSION"
+    # --no-cache-dir: pip's own wheel cache is keyed by the sdist alone and would hand back a wheel
+    # built for another torch, C++ standard or choice of GPU operations
+    pip wheel -q --no-cache-dir --no-deps --no-build-isolation -w "$work/wheel" "horovod==$HOROVOD_VERSION"
     mkdir -p "$dest"
     mv "$work"/wheel/horovod-*.whl "$dest/"
 fi

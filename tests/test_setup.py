@@ -418,6 +418,14 @@ def test_an_explicit_choice_is_honoured_without_a_gpu(tmp_path):
     assert env["HOROVOD_GPU_OPERATIONS"] == "NCCL" and cached(tmp_path)[0].endswith("-12.8-nccl")
 
 
+def test_the_build_does_not_take_a_wheel_from_pips_own_cache(tmp_path):
+    """pip caches wheels it built from an sdist by the sdist alone, whatever torch or GPU operations they were
+    built for; the build must not take one from there."""
+    venv, _, _ = install_horovod(tmp_path, CUDA_BUILD, gpus=0, CUDA_HOME=str(toolkit(tmp_path)))
+    [build] = [c["args"] for c in venv.calls() if c["args"][:1] == ["wheel"]]
+    assert "--no-cache-dir" in build and build[-1] == "horovod==0.28.1"
+
+
 @pytest.mark.parametrize("header,std", [("struct Plain {};\n", "c++17"),
                                         ("#include <compare>\nstd::strong_ordering order();\n", "c++20")],
                          ids=["torch-2.13-headers", "torch-2.14-headers"])
