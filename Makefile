@@ -3,6 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMPI_ALLOW_RUN_AS_ROOT ?= 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ?= 1
+# SLURM's daemons (slurmctld, slurmd), which the SLURM tests start, live in sbin: a PATH without it
+# (a non-login shell, `env -i PATH=/usr/local/bin:/usr/bin:/bin make test`) would not find them
+export PATH := $(PATH):/usr/local/sbin:/usr/sbin:/sbin
 
 .PHONY: setup demo test test-quick bench figures clean
 

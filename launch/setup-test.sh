@@ -5,6 +5,7 @@
 #   - Horovod, built once by launch/install-horovod.sh and then installed from its cached wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"   # the daemons live in sbin, which PATH may lack
 need=()
 command -v slurmctld >/dev/null || need+=(slurmctld)
 command -v slurmd >/dev/null || need+=(slurmd)
