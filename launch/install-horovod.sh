@@ -23,8 +23,11 @@
 # above is handed to CMake and to torch; without one, nvcc is taken off PATH for the build so the
 # binding is compiled without CUDA.
 #
-# The built wheel is cached, keyed by Horovod, torch, Python and CUDA versions and by the choice of GPU
-# operations, so a second run installs in seconds. Usage:  launch/install-horovod.sh [python]
+# The built wheel is cached, keyed by Horovod, torch, Python and CUDA versions, by the choice of GPU
+# operations and by the environment's folder (the build writes that folder's lib/, where pip's Open MPI
+# keeps libmpi, into the extensions' run path, so a wheel built in one venv cannot load MPI in another);
+# a second run in the same environment installs in seconds. After installing, the script checks that
+# horovod.torch loads with Gloo (and MPI where mpicxx was there); a cached wheel that fails is built again. Usage:  launch/install-horovod.sh [python]
 # (default: .venv/bin/python, else python3).  Cache folder: $DDTRAIN_WHEEL_CACHE (default
 # ~/.cache/ddtrain/wheels).
 set -euo pipefail
@@ -167,12 +170,38 @@ fi
 
 ops_tag=$(echo "${ops:-cpuonly}" | tr '[:upper:]' '[:lower:]')
 key="torch${torch_version//+/_}-py$py_version-${torch_cuda:-cpu}-$ops_tag"
-dest="$CACHE/horovod-$HOROVOD_VERSION-$key"
+env_dir=$(dirname "$BIN")
+env_tag=$(printf %s "$env_dir" | sha256sum | cut -c1-12)
+dest="$CACHE/horovod-$HOROVOD_VERSION-$key/env-$env_tag"
 pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
+
+# what Horovod must have been built with: Gloo always, MPI where mpicxx is on PATH
+want_mpi=$(command -v mpicxx >/dev/null && echo 1 || echo 0)
+# prints nothing when horovod.torch loads with them, else what is wrong
+horovod_problem() {
+    "$PY" -c 'import sys
+try:
+    import horovod.torch as hvd
+except Exception as e:
+    sys.exit("horovod.torch does not load: %s: %s" % (type(e).__name__, e))
+missing = [n for n, built in (("Gloo", hvd.gloo_built()), ("MPI", hvd.mpi_built() or sys.argv[1] == "0")) if not built]
+if missing:
+    sys.exit("Horovod was built without " + " and ".join(missing))' "$want_mpi" 2>&1 | tail -1 || true
+}
+
+install_cached() {
+    pip install -q --no-deps --force-reinstall "$dest"/horovod-*.whl
+    # Horovod's own run-time requirements (horovodrun, the torch binding)
+    pip install -q cloudpickle psutil pyyaml packaging "cffi>=1.4.0"
+}
 
 if ls "$dest"/horovod-*.whl >/dev/null 2>&1; then
     echo "install-horovod: using the cached wheel in $dest"
-else
+    install_cached
+    problem=$(horovod_problem)
+    [ -z "$problem" ] || { echo "install-horovod: the cached wheel fails its check ($problem); building again"; rm -f "$dest"/horovod-*.whl; }
+fi
+if ! ls "$dest"/horovod-*.whl >/dev/null 2>&1; then
     echo "install-horovod: building Horovod $HOROVOD_VERSION for $key (a few minutes)"
     command -v cmake >/dev/null || pip install -q "cmake<4"
     pip install -q "setuptools>=70.1" wheel   # a new venv's setuptools has no bdist_wheel
@@ -208,8 +237,12 @@ EOF
     pip wheel -q --no-cache-dir --no-deps --no-build-isolation -w "$work/wheel" "horovod==$HOROVOD_VERSION"
     mkdir -p "$dest"
     mv "$work"/wheel/horovod-*.whl "$dest/"
+    install_cached
+    problem=$(horovod_problem)
+    if [ -n "$problem" ]; then
+        rm -f "$dest"/horovod-*.whl
+        echo "install-horovod: error: the Horovod just built fails its check: $problem; is cmake (for Gloo) and mpicxx (for MPI) on PATH?" >&2
+        exit 1
+    fi
 fi
-pip install -q --no-deps --force-reinstall "$dest"/horovod-*.whl
-# Horovod's own run-time requirements (horovodrun, the torch binding)
-pip install -q cloudpickle psutil pyyaml packaging "cffi>=1.4.0"
 "$BIN/horovodrun" --check-build 2>/dev/null || horovodrun --check-build

@@ -57,6 +57,7 @@ if command == "install" and any(a.startswith("torch") for a in args) and not (fa
     from test_setup_fake_torch import write_fake_torch
     write_fake_torch(fakes, *build)
 elif command == "wheel":
+    (fakes / "horovod" / "broken-once").unlink(missing_ok=True)  # a fresh build loads
     out = Path(args[args.index("-w") + 1])
     out.mkdir(parents=True, exist_ok=True)
     (out / "horovod-0.28.1-cp311-cp311-linux_x86_64.whl").write_text("")
@@ -72,7 +73,7 @@ def write_fake_torch(fakes, version, cuda, header=""):
     and torch.utils.cpp_extension.CUDA_HOME found as torch finds it, with the test's stand-in for
     /usr/local/cuda (fake.json's default_cuda_home)."""
     torch = fakes / "torch"
-    (torch / "utils").mkdir(parents=True)
+    (torch / "utils").mkdir(parents=True, exist_ok=True)
     (torch / "__init__.py").write_text(
         "import types\n__version__ = %r\nversion = types.SimpleNamespace(cuda=%r)\n" % (version, cuda))
     (torch / "utils" / "__init__.py").write_text("")
@@ -83,8 +84,25 @@ def write_fake_torch(fakes, version, cuda, header=""):
         "CUDA_HOME = (os.environ.get('CUDA_HOME') or os.environ.get('CUDA_PATH')\n"
         "             or (os.path.dirname(os.path.dirname(nvcc)) if nvcc else default)) if %r else None\n"
         % (str(fakes / "fake.json"), cuda is not None))
-    (torch / "include" / "c10" / "core").mkdir(parents=True)
+    (torch / "include" / "c10" / "core").mkdir(parents=True, exist_ok=True)
     (torch / "include" / "c10" / "core" / "TensorImpl.h").write_text(header)
+'''
+
+
+FAKE_HOROVOD_TORCH = r'''
+"""horovod.torch as install-horovod.sh checks it: built with Gloo and MPI, unless the test left a file
+broken-once (until the next build) or broken (always) beside the package."""
+from pathlib import Path
+
+_here = Path(__file__).resolve().parent.parent
+
+
+def gloo_built():
+    return not ((_here / "broken-once").exists() or (_here / "broken").exists())
+
+
+def mpi_built():
+    return gloo_built()
 '''
 
 
@@ -94,9 +112,13 @@ class FakeVenv:
 
     def __init__(self, tmp: Path, builds: dict, torch: tuple | None = None, default_cuda_home: str | None = None):
         self.path, self.fakes, self.log = tmp / "venv", tmp / "fakes", tmp / "pip.log"
-        (self.path / "bin").mkdir(parents=True)
-        (self.fakes / "pip").mkdir(parents=True)
+        (self.path / "bin").mkdir(parents=True, exist_ok=True)
+        (self.fakes / "pip").mkdir(parents=True, exist_ok=True)
         (self.fakes / "pip" / "__main__.py").write_text(FAKE_PIP)
+        (self.fakes / "horovod" / "torch").mkdir(parents=True, exist_ok=True)
+        (self.fakes / "horovod" / "__init__.py").write_text("")
+        (self.fakes / "horovod" / "torch" / "__init__.py").write_text(FAKE_HOROVOD_TORCH)
+        self.log.unlink(missing_ok=True)
         (self.fakes / "fake.json").write_text(json.dumps({"log": str(self.log), "cpu_index": CPU_INDEX,
                                                           "builds": builds, "default_cuda_home": default_cuda_home}))
         (tmp / "test_setup_fake_torch.py").write_text(FAKE_TORCH)
@@ -378,8 +400,41 @@ def test_a_cached_cpu_collectives_wheel_is_not_taken_for_a_nccl_build(tmp_path):
                                 DDTRAIN_WHEEL_CACHE=shared)
     assert env is not None and env["HOROVOD_GPU_OPERATIONS"] == "NCCL"  # built, not taken from the cache
     assert [p.rsplit("-", 1)[1] for p in cached(tmp_path)] == ["cpuonly", "nccl"]
-    _, _, env = install_horovod(tmp_path / "c", CUDA_BUILD, gpus=0, CUDA_HOME=str(cuda), DDTRAIN_WHEEL_CACHE=shared)
+    _, _, env = install_horovod(tmp_path / "a", CUDA_BUILD, gpus=0, CUDA_HOME=str(cuda), DDTRAIN_WHEEL_CACHE=shared)
     assert env is None  # the CPU-collectives wheel again, from the cache
+
+
+def test_a_wheel_built_in_another_environment_is_not_taken(tmp_path):
+    """Horovod's extensions find pip's libmpi through the run path of the venv they were built in: a second
+    venv (a clean checkout elsewhere, as CI's) builds its own wheel instead of one that cannot load MPI."""
+    shared = str(tmp_path / "cache")
+    _, _, first = install_horovod(tmp_path / "a", LOCAL_CPU_BUILD, gpus=0, DDTRAIN_WHEEL_CACHE=shared)
+    _, _, second = install_horovod(tmp_path / "b", LOCAL_CPU_BUILD, gpus=0, DDTRAIN_WHEEL_CACHE=shared)
+    assert first is not None and second is not None
+    [key] = cached(tmp_path)
+    assert len(list((tmp_path / "cache" / key).iterdir())) == 2
+
+
+def test_a_cached_wheel_that_does_not_load_is_built_again(tmp_path):
+    venv, _, _ = install_horovod(tmp_path, LOCAL_CPU_BUILD, gpus=0)
+    (venv.fakes / "horovod" / "broken-once").write_text("")  # e.g. its libmpi is gone
+    venv.log.unlink()
+    out = run("install-horovod.sh", {**machine(tmp_path, 0), "DDTRAIN_WHEEL_CACHE": str(tmp_path / "cache")},
+              [str(venv.python)])
+    assert "the cached wheel fails its check (Horovod was built without Gloo); building again" in out.stdout
+    assert len([c for c in venv.calls() if c["args"][:1] == ["wheel"]]) == 1
+    assert len(list((tmp_path / "cache").glob("*/*/horovod-*.whl"))) == 1
+
+
+def test_a_build_without_gloo_stops_with_one_line_and_caches_nothing(tmp_path):
+    venv = FakeVenv(tmp_path, {}, LOCAL_CPU_BUILD)
+    (venv.fakes / "horovod" / "broken").write_text("")
+    out = subprocess.run(["bash", str(LAUNCH / "install-horovod.sh"), str(venv.python)], capture_output=True, text=True,
+                         timeout=60, env={**machine(tmp_path, 0), "DDTRAIN_WHEEL_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == ("install-horovod: error: the Horovod just built fails its check: Horovod "
+                                                    "was built without Gloo; is cmake (for Gloo) and mpicxx (for MPI) on PATH?")
+    assert not list((tmp_path / "cache").glob("*/*/horovod-*.whl"))
 
 
 def test_gpu_without_cuda_headers_gets_cpu_collectives_and_says_what_to_install(tmp_path):
