@@ -174,6 +174,8 @@ class DistConfig:
     """Seconds a collective may wait for a peer before the run fails."""
     bucket_cap_mb: float = 25.0
     """Size of the gradient buckets that are allreduced while backward runs."""
+    interface: str = ""
+    """ddp engine: the network interface (eth0) or subnet (10.0.0.0/24) the ranks use across hosts; empty: chosen (README: several hosts)."""
 
 
 @dataclass

@@ -12,24 +12,24 @@ host and addresses. explain() then turns any exception into the line to print an
   rank stopped: "Timed out waiting ...ms" after dist.timeout_s) waits up to PEER_REPORT_WAIT_S for a
   peer's failure file and says "rank N failed: <its message>", or else names the peer (rank, host,
   address) and what the backend said; EXIT_PEER;
+- a rendezvous that cannot be reached (Unreachable): its message (the advertised address and how to
+  set another), EXIT_PEER;
 - a preemption (Preempted: checkpoint saved, line already logged): no line, EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
 import socket
-import struct
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, Preempted, UserError
+from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, Preempted, Unreachable, UserError
 from ddtrain.fileio import atomic_open, list_checkpoints
 
 log = logging.getLogger("ddtrain")
@@ -62,15 +62,9 @@ job = Job()
 
 def own_addresses() -> list[str]:
     """This host's IPv4 addresses, one per interface (the one gloo uses is among them)."""
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:
-                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-            except OSError:
-                continue
-            found.append(socket.inet_ntoa(packed[20:24]))
-    return found
+    from ddtrain.distributed.network import interfaces
+
+    return [f.addr for f in interfaces()]
 
 
 def attach(d, run_dir: Path, checkpoints: Path | None = None, note: str = "") -> None:
@@ -207,6 +201,8 @@ def explain(exc: BaseException) -> tuple[str | None, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, Preempted):
         return None, EXIT_PREEMPTED
+    if isinstance(exc, Unreachable):  # the rendezvous failed: its message says which address and what to set
+        return str(exc), EXIT_PEER
     if job.world_size > 1 and is_collective_error(exc):
         return f"{peer_message(exc)}; {checkpoint_note()}", EXIT_PEER
     message = one_line(exc)
