@@ -5,7 +5,8 @@ no-op unless a test turns it on.
 
 - DDTRAIN_INJECT_FAULT=<rank>:<step>:<kind> makes that rank fail at that (1-based) step. Kinds: nan
   (the loss becomes NaN), raise (a bad batch: ValueError), kill (SIGKILL itself), hang (sleep forever,
-  like a stopped rank), sleep<S> (pause S seconds, then go on).
+  like a stopped rank), sleep<S> (pause S seconds, then go on), collective (this rank's own error inside
+  a torch.distributed collective: Gloo refuses a max-allreduce of a sparse tensor).
 - DDTRAIN_INJECT_OOM=<rank>:<size> makes that rank run out of memory at micro-batches >= size (sweeps).
 - trace: set `testing.trace = []` to record (event, index, time) tuples, e.g. the mpi engine's buckets.
 """
@@ -45,6 +46,11 @@ def apply_fault(kind: str, step: int, loss):
     if kind == "hang":
         while True:
             time.sleep(60)
+    if kind == "collective":
+        import torch
+        import torch.distributed as tdist
+
+        tdist.all_reduce(torch.zeros(2).to_sparse(), op=tdist.ReduceOp.MAX)
     if kind.startswith("sleep"):  # a slow step: a window in which a test can cut the network
         time.sleep(float(kind[5:]))
     return loss

@@ -37,11 +37,13 @@ log = logging.getLogger("ddtrain")
 PEER_REPORT_WAIT_S = 3.0  # how long a survivor waits for the failed rank's own message
 FAILURES = "failures"
 
-# what gloo, NCCL, the c10d store, MPI and Horovod say when a peer is gone
-_COLLECTIVE_TEXT = ("connection reset", "connection closed", "connection refused", "broken pipe", "timed out",
-                    "gloo", "nccl", "processgroup", "socket timeout", "mpi_err", "horovod", "peer")
-_COLLECTIVE_TYPES = {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError", "HorovodInternalError",
-                     "HostsUpdatedInterrupt"}
+# what happened when a peer is gone or cannot be reached, in the words gloo, NCCL, the c10d store, MPI and
+# Horovod use; which library raised is no evidence (a CUDA error inside an NCCL call is this rank's own)
+_PEER_GONE = ("connection reset", "connection closed", "connection refused", "broken pipe", "by peer", "timed out",
+              "timeout", "remote process exited", "ncclremoteerror", "socket closed", "end of file",
+              "no route to host", "host is unreachable", "network is unreachable", "clients joined",
+              "communicator was aborted", "proc_failed", "process failure", "has been shut down")
+_PEER_TYPES = {"DistNetworkError", "DistStoreError", "HorovodInternalError", "HostsUpdatedInterrupt"}
 
 
 @dataclass
@@ -101,13 +103,17 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_collective_error(exc: BaseException) -> bool:
-    """True for errors a backend raises when a peer is gone (rather than a bug on this rank)."""
-    for cls in type(exc).__mro__:
-        if cls.__name__ in _COLLECTIVE_TYPES or (cls.__name__ == "Exception" and cls.__module__.startswith("mpi4py")):
-            return True
-    if isinstance(exc, (RuntimeError, ConnectionError, TimeoutError)):
+    """True when a peer is gone or unreachable (reset, closed, timed out); False for this rank's own error.
+
+    Classified by what happened, not by which library raised: a CUDA error inside an NCCL collective
+    or a bad argument to a Gloo one is this rank's failure (exit 1), not a lost peer (exit 3).
+    """
+    if {cls.__name__ for cls in type(exc).__mro__} & _PEER_TYPES or isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    mpi = any(cls.__module__.startswith("mpi4py") for cls in type(exc).__mro__)
+    if isinstance(exc, RuntimeError) or mpi:
         text = str(exc).lower()
-        return any(marker in text for marker in _COLLECTIVE_TEXT)
+        return any(marker in text for marker in _PEER_GONE)
     return False
 
 
