@@ -42,6 +42,8 @@ class ModelConfig:
     """cnn1d: channels of each of its three convolutions."""
     dropout: float = 0.0
     """mlp and alexnet: dropout probability before each hidden linear layer."""
+    sync_batchnorm: bool = False
+    """BatchNorm statistics over the global batch (SyncBatchNorm, ddp engine), not each rank's: world-size invariant."""
 
 
 @dataclass
@@ -301,6 +303,10 @@ def validate(cfg, world_size: int) -> None:
         if getattr(cfg[section], name) < 0:
             raise UserError(f"{key}={getattr(cfg[section], name)} must not be negative")
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    if cfg.model.get("sync_batchnorm") and cfg.dist.engine != "ddp":
+        raise UserError(f"model.sync_batchnorm=true needs dist.engine=ddp; dist.engine={cfg.dist.engine} averages "
+                        "gradients only, so BatchNorm statistics stay per rank (use dist.engine=ddp, or "
+                        "model.sync_batchnorm=false)")
     if not 0.0 <= cfg.train.target_accuracy <= 1.0:
         raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} must be in [0, 1]")
     if cfg.train.time_budget_s < 0 or cfg.train.throughput_measure_steps < 0:

@@ -142,6 +142,20 @@ class DDPEngine(Engine):
             wrapped.register_comm_hook(state, hook)
         return wrapped
 
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        if not self.active:
+            return model
+        import logging
+
+        from ddtrain.distributed import syncbn
+
+        layers = syncbn.count(model)
+        logging.getLogger("ddtrain").log(logging.INFO if layers else logging.WARNING,
+                                         "model.sync_batchnorm: %d BatchNorm layer(s) normalise over all %d ranks' "
+                                         "batches", layers, self.world_size)
+        # torch's SyncBatchNorm on GPUs; on CPUs (gloo) ddtrain's, through autograd-aware all-reduces
+        return syncbn.convert(model, cuda=self.device.type == "cuda")
+
     def watch_local_gradients(self, wrapped: nn.Module, squared_norm) -> bool:
         inner = getattr(wrapped, "_orig_mod", wrapped)
         if not isinstance(inner, DistributedDataParallel) or self.compression != "none":
