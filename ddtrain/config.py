@@ -43,7 +43,7 @@ class ModelConfig:
     dropout: float = 0.0
     """mlp and alexnet: dropout probability before each hidden linear layer."""
     sync_batchnorm: bool = False
-    """BatchNorm statistics over the global batch (SyncBatchNorm, ddp engine), not each rank's: world-size invariant."""
+    """resnet20, resnet18, resnet50: BatchNorm statistics over the global batch, not each rank's (SyncBatchNorm; ddp engine)."""
 
 
 @dataclass

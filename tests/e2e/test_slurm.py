@@ -140,6 +140,17 @@ def test_ddtrain_launch_via_srun(launched):
     check_summary(summary(run_dir), SHORT)
 
 
+def test_srun_runs_every_job_of_a_multirun(cluster, mnist1d_cache, tmp_path):
+    """`srun -n 2 ddtrain-train -m train.lr=0.1,0.2`: both jobs on both ranks, one directory each (rank 0's)."""
+    p = cluster.run(["srun", "-n", "2", *train_args(mnist1d_cache, tmp_path / "unused", SHORT), "-m",
+                     "train.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'multi'}"], timeout=240, env=ONE_THREAD,
+                    cwd=tmp_path)
+    assert p.returncode == 0, explain(p)
+    for job in ("0", "1"):
+        check_summary(summary(tmp_path / "multi" / job), SHORT)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["multi"]
+
+
 def test_sigterm_to_one_rank_stops_all_and_resume_matches(cluster, reference, mnist1d_cache, tmp_path):
     """SIGTERM to rank 1 only: both ranks agree, checkpoint, exit 75; a rerun resumes to the same parameters."""
     ref_run = reference[1]
