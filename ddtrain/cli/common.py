@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -63,6 +64,9 @@ def leave(line: str | None, code: int, exc: BaseException | None = None) -> None
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         print(text, file=sys.stderr, flush=True)
+    said = line if line is not None else (str(exc) if exc is not None else None)  # a preemption says it in the log
+    failure.note(said, code)
+    failure.tell_torchrun(said)
     exit_now(code)
 
 
@@ -74,6 +78,10 @@ def exit_path():
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every other failure must end this rank now
+        # already leaving: a launcher's SIGTERM (torchrun and mpirun stop the survivors of a dead rank) must not
+        # cut short the line and the note saying why (at most PEER_REPORT_WAIT_S more)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         line, code = failure.explain(exc)
         leave(line, code, exc)
 

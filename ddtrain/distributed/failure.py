@@ -224,6 +224,32 @@ def prefixed(line: str, code: int) -> str:
     return f"{who}{line}"
 
 
+def note(line: str | None, code: int) -> None:
+    """Keep why this attempt stopped in <run_dir>/failures.log, which (unlike failures/) survives restarts.
+
+    Rank 0 notes its line; another rank its own failure, or rank 0's (the others would repeat rank 0's news).
+    """
+    about_rank0 = code == EXIT_PEER and re.search(r"\brank 0\b", line or "")
+    if line is None or job.run_dir is None or (job.rank != 0 and code != EXIT_FAILED and not about_rank0):
+        return
+    with contextlib.suppress(OSError):
+        with open(job.run_dir / "failures.log", "a") as f:  # O_APPEND: ranks' lines never interleave
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [rank {job.rank}/{job.world_size}] exit status "
+                    f"{code}: {line}\n")
+
+
+def tell_torchrun(line: str | None) -> None:
+    """Under torchrun: write the line into TORCHELASTIC_ERROR_FILE, so torchrun's own summary names the cause."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or line is None:
+        return
+    import json
+
+    with contextlib.suppress(OSError):  # the string form: torchrun prints it as the failure's message
+        with open(path, "w") as f:
+            json.dump({"message": line, "timestamp": str(int(time.time()))}, f)
+
+
 def log_to_file(line: str, exc: BaseException | None = None) -> None:
     """Write the traceback and the line to train.log only (the console gets the line alone)."""
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc is not None else ""

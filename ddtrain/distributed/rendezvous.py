@@ -154,6 +154,9 @@ def connect(env: DistEnv, master: Master, timeout_s: float, interface: str = "",
                                             timeout=timedelta(seconds=timeout_s)))
     except Exception as exc:  # noqa: BLE001 - the store's errors differ by side and version
         raise Unreachable(unreachable(env.rank, addr, port, how, timeout_s, exc)) from exc
+    # torchrun's agent keeps one store across the restarts of a job: keys of an earlier attempt (gloo's
+    # addresses and ports) would be read as this one's, so each attempt gets its own prefix
+    store = tdist.PrefixStore(f"ddtrain/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     if env.rank:
         _publish(store, env.rank)
         choice = network.for_rank(own, network.resolve(addr) or addr, given, host)
