@@ -255,9 +255,14 @@ def test_two_nodes(launched, mnist1d_cache, tmp_path):
         where = c.run(["srun", "-N", "2", "-n", "2", "-l", "hostname"], timeout=60)
         assert where.returncode == 0, explain(where) + c.logs()
         assert sorted(where.stdout.split()) == ["0:", "1:", "n0", "n1"]
-        env = {**ONE_THREAD, "GLOO_SOCKET_IFNAME": "eth0"}
+        # no GLOO_SOCKET_IFNAME: each rank binds gloo to its interface towards rank 0 (n0's address)
+        env = {k: v for k, v in ONE_THREAD.items() if not k.startswith(("GLOO_", "MASTER_"))}
         p = c.run(["srun", "-N", "2", "-n", "2", *train_args(mnist1d_cache, run_dir, SHORT)], timeout=240, env=env)
         assert p.returncode == 0, explain(p) + c.logs()
+        h0, h1 = net.hosts
     s = summary(run_dir)
     check_summary(s, SHORT)
     assert s["parameter_digest"] == summary(launched[1])["parameter_digest"]
+    log = (run_dir / "train.log").read_text()
+    assert f"rank 0's interface eth0 {h0.addr} (it carries the rendezvous address n0)" in log
+    assert f"this rank's interface eth0 {h1.addr} (the route to rank 0's address {h0.addr})" in log
