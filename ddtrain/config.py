@@ -54,6 +54,8 @@ class ModelConfig:
     """Start from these weights only (fine-tuning: new optimizer and step count): a model.pt, a ddtrain checkpoint or a plain state_dict file (e.g. torchvision's); empty: fresh initialisation."""
     init_strict: bool = True
     """With init_from: every parameter and buffer must match by name and shape; false loads what matches and logs the keys it skipped (a new classifier head)."""
+    sync_batchnorm: bool = False
+    """resnet20, resnet18, resnet50: BatchNorm statistics over the global batch, not each rank's (SyncBatchNorm; ddp engine)."""
 
 
 @dataclass
@@ -206,6 +208,8 @@ class DistConfig:
     """Seconds a collective may wait for a peer before the run fails."""
     bucket_cap_mb: float = 25.0
     """Size of the gradient buckets that are allreduced while backward runs."""
+    interface: str = ""
+    """ddp engine: the network interface (eth0) or subnet (10.0.0.0/24) the ranks use across hosts; empty: chosen (README: several hosts)."""
 
 
 @dataclass
@@ -345,6 +349,10 @@ def validate(cfg, world_size: int) -> None:
         if getattr(cfg[section], name) < 0:
             raise UserError(f"{key}={getattr(cfg[section], name)} must not be negative")
     _positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    if cfg.model.get("sync_batchnorm") and cfg.dist.engine != "ddp":
+        raise UserError(f"model.sync_batchnorm=true needs dist.engine=ddp; dist.engine={cfg.dist.engine} averages "
+                        "gradients only, so BatchNorm statistics stay per rank (use dist.engine=ddp, or "
+                        "model.sync_batchnorm=false)")
     if not 0.0 <= cfg.train.target_accuracy <= 1.0:
         raise UserError(f"train.target_accuracy={cfg.train.target_accuracy} must be in [0, 1]")
     if cfg.train.target_accuracy and not reports_accuracy(cfg.get("loss")):

@@ -22,6 +22,15 @@ class UserError(Exception):
     exit_code = EXIT_USER
 
 
+class Unreachable(ConnectionError):
+    """The ranks could not connect at start-up (rendezvous); the message says which address to check and how to set it.
+
+    Console scripts print it as one line and exit with EXIT_PEER.
+    """
+
+    exit_code = EXIT_PEER
+
+
 class OutOfMemory(RuntimeError):
     """A batch did not fit in device memory on some rank; every rank raises it together."""
 

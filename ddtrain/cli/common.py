@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -37,6 +38,9 @@ def exit_now(code: int) -> None:
     After a normal end (code 0) MPI is finalized first when mpi4py initialized it: Open MPI's
     launcher counts a process that leaves without MPI_Finalize as failed.
     """
+    from ddtrain.cli.jobs import remove_scratch
+
+    remove_scratch()
     mpi = sys.modules.get("mpi4py.MPI")
     if code == EXIT_OK and mpi is not None:
         with contextlib.suppress(Exception):
@@ -60,6 +64,9 @@ def leave(line: str | None, code: int, exc: BaseException | None = None) -> None
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         print(text, file=sys.stderr, flush=True)
+    said = line if line is not None else (str(exc) if exc is not None else None)  # a preemption says it in the log
+    failure.note(said, code)
+    failure.tell_torchrun(said)
     exit_now(code)
 
 
@@ -71,12 +78,16 @@ def exit_path():
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - every other failure must end this rank now
+        # already leaving: a launcher's SIGTERM (torchrun and mpirun stop the survivors of a dead rank) must not
+        # cut short the line and the note saying why (at most PEER_REPORT_WAIT_S more)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         line, code = failure.explain(exc)
         leave(line, code, exc)
 
 
 def end() -> None:
-    """After a normal end: a multi-rank run leaves at once (the engine is shut down, every file written).
+    """After a normal end of every job: a multi-rank run leaves at once (the engine is shut down, every file written).
 
     Skips interpreter finalization, where gloo's worker threads can still hold tensors whose
     destruction needs the GIL and aborts the process (SIGABRT, exit 134) now and then.
@@ -88,23 +99,32 @@ def end() -> None:
 
 
 def prepare_argv(config_name: str, extra_check=None) -> None:
-    """Check the overrides once per rank, then make Hydra write its output files on rank 0 only."""
-    from ddtrain.compose import compose
-    from ddtrain.config import validate
-    from ddtrain.distributed.engines import check_installed
+    """Check every job's overrides once per rank (ddtrain.cli.jobs), then keep Hydra's output files to rank 0."""
+    from ddtrain.cli import jobs
     from ddtrain.distributed.env import detect
 
     args = sys.argv[1:]
     with exit_path():
         env = detect(os.environ)
-        if not any(a.startswith("-") for a in args):  # --help, --cfg, -m: leave those to Hydra
-            cfg = compose(config_name, args)
-            validate(cfg, env.world_size)
-            check_installed(cfg.dist.engine)
-            if extra_check is not None:
-                extra_check(cfg, env.world_size)
-    if env.rank != 0:
-        # only rank 0 lets Hydra make the run directory (${now:} differs per process); rank 0's
-        # directory is broadcast to the others once the process group exists
-        sys.argv = [sys.argv[0], *(a for a in args if not a.startswith("hydra.run.dir=")),
-                    "hydra.output_subdir=null", "hydra.run.dir=."]
+        if any(a in ("--help", "-h") for a in args):  # ours, not Hydra's: only the keys that apply
+            from ddtrain.cli.help import help_text
+
+            text = help_text(f"ddtrain-{config_name}", config_name, [a for a in args if not a.startswith("-")])
+            if env.rank == 0:
+                print(text, flush=True)
+            exit_now(EXIT_OK)
+        if not any(a.startswith("-") and a not in jobs.MULTIRUN for a in args):  # --cfg, --info: Hydra's
+            jobs.preflight(config_name, args, env.world_size, extra_check)
+        else:
+            jobs.refuse_unsupported(args, env.world_size)
+    sys.argv = [sys.argv[0], *jobs.rank_argv(args, env.rank)]
+
+
+def run_jobs(hydra_entry) -> None:
+    """Run Hydra (every job of -m, or the one run), then close the session and leave (a multi-rank run at once)."""
+    from ddtrain.cli import jobs
+
+    hydra_entry()
+    with exit_path():
+        jobs.close()
+    end()

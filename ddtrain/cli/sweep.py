@@ -12,21 +12,20 @@ register_configs()
 
 
 def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
-    """Start the session, run the missing points, write the artefacts, close; returns the rows."""
-    from ddtrain.distributed.session import Session
+    """Run the missing points in the session (started by the first job, closed after the last); returns the rows."""
+    from ddtrain.cli import jobs
     from ddtrain.sweep.runner import run_sweep, validate_sweep
 
     def check(world_size: int) -> None:
         validate(cfg, world_size)
         validate_sweep(cfg, world_size)
 
-    session = Session.start(cfg.dist, sweep_dir, check=check, log_level=cfg.logging.level,
-                            note="finished points are kept in {run_dir}/sweep.csv; run the same command with "
-                                 "hydra.run.dir={run_dir} to train only the missing ones")
+    session = jobs.session(cfg, sweep_dir, check=check,
+                           note="finished points are kept in {run_dir}/sweep.csv; run the same command with "
+                                "hydra.run.dir={run_dir} to train only the missing ones")
     rows = run_sweep(cfg, session)
     if session.engine.is_main:
         print((session.run_dir / "report.md").read_text(), flush=True)
-    session.close()
     return rows
 
 
@@ -37,7 +36,6 @@ def hydra_entry(cfg: DictConfig) -> None:
 
     with common.exit_path():
         sweep(cfg, HydraConfig.get().runtime.output_dir)
-    common.end()
 
 
 def main() -> None:
@@ -45,7 +43,7 @@ def main() -> None:
     from ddtrain.sweep.runner import validate_sweep
 
     common.prepare_argv("sweep", extra_check=validate_sweep)
-    hydra_entry()
+    common.run_jobs(hydra_entry)
 
 
 if __name__ == "__main__":

@@ -48,18 +48,16 @@ def summary_text(summary: dict, run_dir: Path, tensorboard: bool) -> str:
 
 
 def train(cfg: DictConfig, run_dir: str) -> dict:
-    """Start the session, train, close; returns the summary (raises on failure)."""
-    from ddtrain.distributed.session import Session
+    """Train one job in the session (started by the first job, closed after the last); returns the summary."""
+    from ddtrain.cli import jobs
     from ddtrain.runtime.run import run
 
-    session = Session.start(cfg.dist, run_dir, check=lambda world_size: validate(cfg, world_size),
-                            log_level=cfg.logging.level, checkpoints="checkpoints",
-                            note="no checkpoint written yet" if cfg.checkpoint.every_steps
-                            else "no checkpoint (checkpoint.every_steps=0)")
+    session = jobs.session(cfg, run_dir, check=lambda world_size: validate(cfg, world_size), checkpoints="checkpoints",
+                           note="no checkpoint written yet" if cfg.checkpoint.every_steps
+                           else "no checkpoint (checkpoint.every_steps=0)")
     summary = run(cfg, session)
     if session.engine.is_main:
         log.info(summary_text(summary, session.run_dir, cfg.logging.tensorboard))
-    session.close()
     return summary
 
 
@@ -70,13 +68,12 @@ def hydra_entry(cfg: DictConfig) -> None:
 
     with common.exit_path():
         train(cfg, HydraConfig.get().runtime.output_dir)
-    common.end()
 
 
 def main() -> None:
     """Console script ddtrain-train."""
     common.prepare_argv("train")
-    hydra_entry()
+    common.run_jobs(hydra_entry)
 
 
 if __name__ == "__main__":

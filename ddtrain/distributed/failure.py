@@ -12,24 +12,24 @@ host and addresses. explain() then turns any exception into the line to print an
   rank stopped: "Timed out waiting ...ms" after dist.timeout_s) waits up to PEER_REPORT_WAIT_S for a
   peer's failure file and says "rank N failed: <its message>", or else names the peer (rank, host,
   address) and what the backend said; EXIT_PEER;
+- a rendezvous that cannot be reached (Unreachable): its message (the advertised address and how to
+  set another), EXIT_PEER;
 - a preemption (Preempted: checkpoint saved, line already logged): no line, EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import re
 import socket
-import struct
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, Preempted, UserError
+from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, Preempted, Unreachable, UserError
 from ddtrain.fileio import atomic_open, list_checkpoints
 
 log = logging.getLogger("ddtrain")
@@ -37,11 +37,13 @@ log = logging.getLogger("ddtrain")
 PEER_REPORT_WAIT_S = 3.0  # how long a survivor waits for the failed rank's own message
 FAILURES = "failures"
 
-# what gloo, NCCL, the c10d store, MPI and Horovod say when a peer is gone
-_COLLECTIVE_TEXT = ("connection reset", "connection closed", "connection refused", "broken pipe", "timed out",
-                    "gloo", "nccl", "processgroup", "socket timeout", "mpi_err", "horovod", "peer")
-_COLLECTIVE_TYPES = {"DistError", "DistBackendError", "DistNetworkError", "DistStoreError", "HorovodInternalError",
-                     "HostsUpdatedInterrupt"}
+# what happened when a peer is gone or cannot be reached, in the words gloo, NCCL, the c10d store, MPI and
+# Horovod use; which library raised is no evidence (a CUDA error inside an NCCL call is this rank's own)
+_PEER_GONE = ("connection reset", "connection closed", "connection refused", "broken pipe", "by peer", "timed out",
+              "timeout", "remote process exited", "ncclremoteerror", "socket closed", "end of file",
+              "no route to host", "host is unreachable", "network is unreachable", "clients joined",
+              "communicator was aborted", "proc_failed", "process failure", "has been shut down")
+_PEER_TYPES = {"DistNetworkError", "DistStoreError", "HorovodInternalError", "HostsUpdatedInterrupt"}
 
 
 @dataclass
@@ -62,15 +64,9 @@ job = Job()
 
 def own_addresses() -> list[str]:
     """This host's IPv4 addresses, one per interface (the one gloo uses is among them)."""
-    found = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _, name in socket.if_nameindex():
-            try:
-                packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-            except OSError:
-                continue
-            found.append(socket.inet_ntoa(packed[20:24]))
-    return found
+    from ddtrain.distributed.network import interfaces
+
+    return [f.addr for f in interfaces()]
 
 
 def attach(d, run_dir: Path, checkpoints: Path | None = None, note: str = "") -> None:
@@ -107,13 +103,17 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_collective_error(exc: BaseException) -> bool:
-    """True for errors a backend raises when a peer is gone (rather than a bug on this rank)."""
-    for cls in type(exc).__mro__:
-        if cls.__name__ in _COLLECTIVE_TYPES or (cls.__name__ == "Exception" and cls.__module__.startswith("mpi4py")):
-            return True
-    if isinstance(exc, (RuntimeError, ConnectionError, TimeoutError)):
+    """True when a peer is gone or unreachable (reset, closed, timed out); False for this rank's own error.
+
+    Classified by what happened, not by which library raised: a CUDA error inside an NCCL collective
+    or a bad argument to a Gloo one is this rank's failure (exit 1), not a lost peer (exit 3).
+    """
+    if {cls.__name__ for cls in type(exc).__mro__} & _PEER_TYPES or isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    mpi = any(cls.__module__.startswith("mpi4py") for cls in type(exc).__mro__)
+    if isinstance(exc, RuntimeError) or mpi:
         text = str(exc).lower()
-        return any(marker in text for marker in _COLLECTIVE_TEXT)
+        return any(marker in text for marker in _PEER_GONE)
     return False
 
 
@@ -207,6 +207,8 @@ def explain(exc: BaseException) -> tuple[str | None, int]:
         return str(exc), exc.exit_code
     if isinstance(exc, Preempted):
         return None, EXIT_PREEMPTED
+    if isinstance(exc, Unreachable):  # the rendezvous failed: its message says which address and what to set
+        return str(exc), EXIT_PEER
     if job.world_size > 1 and is_collective_error(exc):
         return f"{peer_message(exc)}; {checkpoint_note()}", EXIT_PEER
     message = one_line(exc)
@@ -220,6 +222,32 @@ def prefixed(line: str, code: int) -> str:
     _from_launcher()
     who = f"[rank {job.rank}/{job.world_size}] " if job.world_size > 1 and code in (EXIT_FAILED, EXIT_PEER) else ""
     return f"{who}{line}"
+
+
+def note(line: str | None, code: int) -> None:
+    """Keep why this attempt stopped in <run_dir>/failures.log, which (unlike failures/) survives restarts.
+
+    Rank 0 notes its line; another rank its own failure, or rank 0's (the others would repeat rank 0's news).
+    """
+    about_rank0 = code == EXIT_PEER and re.search(r"\brank 0\b", line or "")
+    if line is None or job.run_dir is None or (job.rank != 0 and code != EXIT_FAILED and not about_rank0):
+        return
+    with contextlib.suppress(OSError):
+        with open(job.run_dir / "failures.log", "a") as f:  # O_APPEND: ranks' lines never interleave
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [rank {job.rank}/{job.world_size}] exit status "
+                    f"{code}: {line}\n")
+
+
+def tell_torchrun(line: str | None) -> None:
+    """Under torchrun: write the line into TORCHELASTIC_ERROR_FILE, so torchrun's own summary names the cause."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or line is None:
+        return
+    import json
+
+    with contextlib.suppress(OSError):  # the string form: torchrun prints it as the failure's message
+        with open(path, "w") as f:
+            json.dump({"message": line, "timestamp": str(int(time.time()))}, f)
 
 
 def log_to_file(line: str, exc: BaseException | None = None) -> None:

@@ -81,6 +81,8 @@ class Session:
                        note.replace("{run_dir}", str(self.run_dir)))
         log.info("run directory %s; %d rank(s) via %s; device %s; backend %s", self.run_dir, self.engine.world_size,
                  self.env.launcher, self.engine.device, self.engine.library)
+        if getattr(self.engine, "network_note", ""):
+            log.info(self.engine.network_note)  # which address and interface each rank chose (train.log: all)
         return self.run_dir
 
     def log_to(self, directory: Path) -> None:

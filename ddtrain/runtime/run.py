@@ -102,6 +102,8 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
         torch.backends.cudnn.benchmark = tc.cudnn_benchmark
     fps = _flops(model, data, device)
     gpu = lookup_gpu(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    if cfg.model.get("sync_batchnorm"):
+        model = engine.sync_batchnorm(model)  # before wrapping: DDP must see the synchronised layers
     wrapped = engine.wrap(model)
     if tc.compile:
         wrapped = torch.compile(wrapped)  # after the engine wraps it, so the compiler sees DDP's buckets

@@ -26,6 +26,16 @@ GLOO_RESET = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc
               "or bugs in the application. Check the logs of the remote worker before reporting an error.")
 GLOO_TIMEOUT = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] "
                 "Timed out waiting 10000ms for recv operation to complete")
+# a rank's own errors inside a collective (what torch 2.x prints), and NCCL's word for a lost peer
+NCCL_OWN_CUDA_ERROR = ("NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, unhandled cuda "
+                       "error (run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5\nncclUnhandledCudaError: "
+                       "Call to CUDA function failed.\nLast error:\nCuda failure 'an illegal memory access was "
+                       "encountered'")
+GLOO_OWN_ERROR = ("ProcessGroupGloo::allreduce: unsupported reduction operation (allreduce of sparse tensors only "
+                  "works with ReduceOp.SUM)")
+NCCL_REMOTE = ("NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network error, NCCL "
+               "version 2.21.5\nncclRemoteError: A call failed possibly due to a network error or a remote process "
+               "exiting prematurely.")
 
 
 # ---- the pieces, in this process ---------------------------------------------------------------
@@ -36,6 +46,11 @@ def test_backend_errors_are_told_apart_from_bugs():
     assert failure.is_collective_error(torch.distributed.DistBackendError("NCCL communicator was aborted"))
     assert not failure.is_collective_error(ValueError("bad batch"))
     assert not failure.is_collective_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"))
+    # classified by what happened, not by the library's name in the message
+    assert not failure.is_collective_error(torch.distributed.DistBackendError(NCCL_OWN_CUDA_ERROR))
+    assert not failure.is_collective_error(RuntimeError(GLOO_OWN_ERROR))
+    assert failure.is_collective_error(torch.distributed.DistBackendError(NCCL_REMOTE))
+    assert failure.is_collective_error(torch.distributed.DistNetworkError("failed to recv, got 0 bytes"))
     assert failure.one_line(RuntimeError(GLOO_RESET)) == \
         "RuntimeError: Read error [10.233.0.2]:41194: Connection reset by peer"
     assert failure.one_line(ValueError("a\nb")) == "ValueError: a"
@@ -103,6 +118,23 @@ def test_nan_on_one_rank_stops_every_rank_with_its_message(tmp_path, mnist1d_cac
     assert (run_dir / "failures" / "rank1.txt").read_text().startswith("NonFiniteLoss: loss is nan")
     assert "Traceback" in (run_dir / "train.log").read_text()  # the details go to the log, not the console
     _checkpoint_loads(run_dir, 8)
+
+
+@pytest.mark.slow
+def test_own_error_inside_a_collective_is_not_a_lost_rank(tmp_path, mnist1d_cache):
+    """Rank 1's own Gloo error (a bad collective call): it exits 1 with that error; rank 0 names rank 1's failure."""
+    run_dir = tmp_path / "run"
+    ranks = start_ranks(RUN, run_dir, mnist1d_cache, env_per_rank={1: {"DDTRAIN_INJECT_FAULT": "1:10:collective"}})
+    try:
+        codes = [r.wait(timeout=180) for r in ranks]
+    finally:
+        kill_all(ranks)
+    out = ranks[0].output() + ranks[1].output()
+    assert codes == [EXIT_PEER, EXIT_FAILED], out
+    expected = "rank 1 failed: RuntimeError: ProcessGroupGloo::allreduce: unsupported reduction operation"
+    for r in ranks:
+        assert len(r.error_lines()) == 1 and expected in r.error_lines()[0], r.output()
+    assert "lost rank" not in out
 
 
 @pytest.mark.slow

@@ -140,6 +140,17 @@ def test_ddtrain_launch_via_srun(launched):
     check_summary(summary(run_dir), SHORT)
 
 
+def test_srun_runs_every_job_of_a_multirun(cluster, mnist1d_cache, tmp_path):
+    """`srun -n 2 ddtrain-train -m train.lr=0.1,0.2`: both jobs on both ranks, one directory each (rank 0's)."""
+    p = cluster.run(["srun", "-n", "2", *train_args(mnist1d_cache, tmp_path / "unused", SHORT), "-m",
+                     "train.lr=0.1,0.2", f"hydra.sweep.dir={tmp_path / 'multi'}"], timeout=240, env=ONE_THREAD,
+                    cwd=tmp_path)
+    assert p.returncode == 0, explain(p)
+    for job in ("0", "1"):
+        check_summary(summary(tmp_path / "multi" / job), SHORT)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["multi"]
+
+
 def test_sigterm_to_one_rank_stops_all_and_resume_matches(cluster, reference, mnist1d_cache, tmp_path):
     """SIGTERM to rank 1 only: both ranks agree, checkpoint, exit 75; a rerun resumes to the same parameters."""
     ref_run = reference[1]
@@ -244,9 +255,14 @@ def test_two_nodes(launched, mnist1d_cache, tmp_path):
         where = c.run(["srun", "-N", "2", "-n", "2", "-l", "hostname"], timeout=60)
         assert where.returncode == 0, explain(where) + c.logs()
         assert sorted(where.stdout.split()) == ["0:", "1:", "n0", "n1"]
-        env = {**ONE_THREAD, "GLOO_SOCKET_IFNAME": "eth0"}
+        # no GLOO_SOCKET_IFNAME: each rank binds gloo to its interface towards rank 0 (n0's address)
+        env = {k: v for k, v in ONE_THREAD.items() if not k.startswith(("GLOO_", "MASTER_"))}
         p = c.run(["srun", "-N", "2", "-n", "2", *train_args(mnist1d_cache, run_dir, SHORT)], timeout=240, env=env)
         assert p.returncode == 0, explain(p) + c.logs()
+        h0, h1 = net.hosts
     s = summary(run_dir)
     check_summary(s, SHORT)
     assert s["parameter_digest"] == summary(launched[1])["parameter_digest"]
+    log = (run_dir / "train.log").read_text()
+    assert f"rank 0's interface eth0 {h0.addr} (it carries the rendezvous address n0)" in log
+    assert f"this rank's interface eth0 {h1.addr} (the route to rank 0's address {h0.addr})" in log

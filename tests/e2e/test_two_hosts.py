@@ -1,6 +1,9 @@
 """Two hosts = two network namespaces with their own addresses; rank 0 on one, rank 1 on the other.
 
-A run across them finishes (env:// ranks, and torchrun --nnodes 2 with c10d rendezvous); a rank
+A run across them finishes (env:// ranks, torchrun --nnodes 2 with c10d rendezvous, and plain
+`mpirun --host h0:1,h1:1` with nothing set by hand, also through launch/mpirun.sh: each host with
+its own hostname mapped to 127.0.1.1, as on Debian); a rendezvous that cannot be reached says that
+the advertised address may be wrong and how to set it; a rank
 killed mid-training stops the other in seconds; a cable pulled between them stops both within
 dist.timeout_s (plus the few seconds of waiting for a failure report); the newest checkpoint then
 resumes (checkpoint.resume=auto) to the same final parameters as the uninterrupted run. Needs root
@@ -16,6 +19,7 @@ import pytest
 from helpers import netns
 from ddtrain.distributed.failure import PEER_REPORT_WAIT_S
 from ddtrain.errors import EXIT_PEER
+from helpers.mpi_hosts import MpiHosts
 from helpers.rankrun import kill_all, start_ranks, wait_for
 
 pytestmark = pytest.mark.slow
@@ -58,6 +62,85 @@ def reference(net, tmp_path_factory, mnist1d_cache):
     codes = finish(ranks)
     assert codes == [0, 0], ranks[0].output() + ranks[1].output()
     return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_host(tmp_path_factory, mnist1d_cache):
+    """The same 2-rank run on one host (env:// ranks on loopback): its summary."""
+    import json
+
+    run_dir = tmp_path_factory.mktemp("one-host") / "run"
+    ranks = start_ranks(RUN, run_dir, mnist1d_cache)
+    assert finish(ranks) == [0, 0], ranks[0].output() + ranks[1].output()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def mpirun_in_host0(net, tmp_path, argv, btl_if_include=True, timeout=240):
+    """Run argv (mpirun or launch/mpirun.sh) inside host 0 of the two, with Open MPI reaching host 1 by its agent."""
+    from conftest import BIN, base_env
+
+    mpi = MpiHosts(net, tmp_path / "mpi")
+    env = {k: v for k, v in base_env().items() if not k.startswith(("MASTER_", "GLOO_", "NCCL_"))}
+    env.update(mpi.env(btl_if_include), PATH=f"{BIN}:{env['PATH']}", OMP_NUM_THREADS="1")
+    argv = [a.replace("{hostfile}", str(mpi.hostfile())) for a in argv]
+    return mpi.run(0, argv, env=env, timeout=timeout, cwd=tmp_path)
+
+
+def test_plain_mpirun_across_two_hosts_gives_the_one_host_model(net, one_host, tmp_path, mnist1d_cache):
+    """`mpirun --host h0:1,h1:1 -np 2 ddtrain-train ...`: no MASTER_ADDR, no GLOO_SOCKET_IFNAME, hostname -> 127.0.1.1."""
+    import json
+
+    from conftest import BIN, FAST
+
+    run_dir = tmp_path / "run"
+    p = mpirun_in_host0(net, tmp_path, ["mpirun", "--host", "h0:1,h1:1", "-np", "2", "--bind-to", "none",
+                                        str(BIN / "ddtrain-train"), *FAST, f"dataset.cache_dir={mnist1d_cache}",
+                                        f"hydra.run.dir={run_dir}", *RUN])
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["launcher"] == "openmpi" and summary["ranks_identical"]
+    assert summary["parameter_digest"] == one_host["parameter_digest"]
+    h0, h1 = net.hosts
+    log = (run_dir / "train.log").read_text()
+    # the log says which address and interface were chosen, and why (here: the interface MPI itself uses)
+    assert f"rendezvous at {h0.addr}:" in log and f"(rank 0's eth0, chosen because Open MPI's btl_tcp_if_include=" \
+        f"{net.subnet})" in log and "GLOO_SOCKET_IFNAME=eth0" in log
+    assert f"this rank's interface eth0 {h1.addr}" in log
+
+
+def test_launch_mpirun_sh_across_two_hosts(net, one_host, tmp_path, mnist1d_cache):
+    """launch/mpirun.sh over a host file of the two; MPI told nothing about interfaces: rank 0 finds the subnet."""
+    import json
+    from pathlib import Path
+
+    from conftest import FAST
+
+    script = Path(__file__).resolve().parents[2] / "launch" / "mpirun.sh"
+    run_dir = tmp_path / "run"
+    p = mpirun_in_host0(net, tmp_path, [str(script), "--hostfile", "{hostfile}", "-g", "1", *FAST,
+                                        f"dataset.cache_dir={mnist1d_cache}", f"hydra.run.dir={run_dir}", *RUN],
+                        btl_if_include=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["parameter_digest"] == one_host["parameter_digest"] and summary["world_size"] == 2
+    assert f"(rank 0's eth0, chosen because the subnet {net.subnet} holds 1 of the 1 rank(s) on other hosts)" \
+        in (run_dir / "train.log").read_text()
+
+
+def test_unreachable_rendezvous_says_the_address_may_be_wrong(net, tmp_path, mnist1d_cache):
+    """dist.interface=lo across hosts: rank 0 advertises 127.0.0.1; the line says so and how to set it."""
+    from conftest import BIN, FAST
+
+    p = mpirun_in_host0(net, tmp_path, ["mpirun", "--host", "h0:1,h1:1", "-np", "2", str(BIN / "ddtrain-train"),
+                                        *FAST, f"dataset.cache_dir={mnist1d_cache}", f"hydra.run.dir={tmp_path}/run",
+                                        *RUN, "dist.interface=lo", "dist.timeout_s=5"])
+    assert p.returncode == EXIT_PEER, p.stdout + p.stderr
+    lines = [line for line in p.stderr.splitlines() if "ddtrain: error:" in line]
+    assert lines, p.stdout + p.stderr
+    for line in lines:
+        assert "rendezvous at 127.0.0.1:" in line and "within dist.timeout_s (5 s)" in line
+        assert "The advertised address 127.0.0.1 (rank 0's lo, chosen because dist.interface=lo) may be wrong" \
+            in line and "set dist.interface=" in line and "MASTER_ADDR=" in line
 
 
 def test_namespaces_are_separate_hosts(net):

@@ -53,3 +53,27 @@ def test_rng_state_round_trip(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), torch.device("cpu"))
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
+
+
+def test_checksum_catches_a_changed_file_and_auto_skips_unreadable_ones(tmp_path, single, caplog):
+    ck = Checkpointer(tmp_path / "checkpoints", single, keep_last=3)
+    for step in (4, 8, 12):
+        ck.save(step, {"model": {"w": torch.full((64,), float(step))}, "global_batch_size": 32})
+    newest, middle = (tmp_path / "checkpoints" / f"step_{s:08d}.pt" for s in (12, 8))
+    # bit rot in the middle one: the file still loads, the checksum does not match
+    data = bytearray(middle.read_bytes())
+    at = data.index(torch.full((64,), 8.0).numpy().tobytes())
+    data[at + 5] ^= 0x40
+    middle.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="checksum mismatch"):
+        load(middle, torch.device("cpu"))
+    newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
+    with caplog.at_level("WARNING", logger="ddtrain"):
+        state, path = ck.resume_state("auto", 32)
+    assert path.name == "step_00000004.pt" and state["step"] == 4 and "checksum" not in state
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 2 and str(newest) in warned[0] and "cut short" in warned[0]
+    assert str(middle) in warned[1] and "checksum mismatch" in warned[1]
+    (tmp_path / "checkpoints" / "step_00000004.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"no readable checkpoint in .*checkpoint.resume=never"):
+        ck.resume_state("auto", 32)

@@ -93,3 +93,40 @@ def test_launcher_exit_code_is_returned(tmp_path):
     out = subprocess.run([str(BIN / "ddtrain-launch"), "-n", "2", "--via", "mpirun", "--", "ddtrain-train",
                           "model=nonexistent"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode != 0 and "model=nonexistent" in out.stderr
+
+
+def test_torchrun_restarts_by_itself():
+    cmd, _ = build_command(request(via="torchrun", max_restarts=2))
+    assert cmd[:4] == ["torchrun", "--nproc-per-node=2", "--nnodes=1", "--max-restarts=2"]
+    cmd, _ = build_command(request(via="mpirun", max_restarts=2))
+    assert "--max-restarts=2" not in cmd  # ddtrain-launch runs mpirun again itself
+
+
+def test_what_is_restarted():
+    from ddtrain.cli.restart import describe, restartable
+
+    assert [c for c in (0, 1, 2, 3, 75, 137, 143, -9) if restartable(c)] == [3, 75, 137, 143, -9]
+    assert describe(137) == "a rank was killed by SIGKILL" and describe(3).startswith("a rank was lost")
+
+
+def test_restarts_get_one_run_directory_and_checked_input(tmp_path, monkeypatch):
+    import re
+
+    from ddtrain.cli.restart import pin_directories, resumed
+    from ddtrain.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    program, run_dir = pin_directories(TRAIN, 2, "mpirun")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", str(run_dir.relative_to(tmp_path / "outputs")))
+    assert program == [*TRAIN, f"hydra.run.dir={run_dir}"]
+    assert pin_directories([*TRAIN, "hydra.run.dir=r1"], 2, "mpirun") == ([*TRAIN, "hydra.run.dir=r1"], tmp_path / "r1")
+    program, sweep_dir = pin_directories([*TRAIN, "-m", "train.lr=0.1,0.2"], 2, "mpirun")
+    assert program[-1] == f"hydra.sweep.dir={sweep_dir}" and sweep_dir.parent.parent.name == "multirun"
+    assert resumed(program)[-1] == "checkpoint.resume=auto"
+    with pytest.raises(UserError, match="train.global_batch_size=100 does not split into 3 rank"):
+        pin_directories([*TRAIN, "train.global_batch_size=100"], 3, "mpirun")
+    with pytest.raises(UserError, match="checkpoint.resume=never: every restart would start over"):
+        pin_directories([*TRAIN, "checkpoint.resume=never"], 2, "mpirun")
+    with pytest.raises(UserError, match="under torchrun gives every attempt the same arguments"):
+        pin_directories([*TRAIN, "checkpoint.resume=/x/step_00000004.pt"], 2, "torchrun")
+    assert pin_directories(["python", "my_script.py"], 2, "mpirun") == (["python", "my_script.py"], None)

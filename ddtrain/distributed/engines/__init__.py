@@ -43,7 +43,8 @@ def create(name: str, env, device, dist_cfg) -> Engine:
     """The (not yet started) engine dist.engine=name, configured from the dist config section."""
     if name == "ddp":
         from ddtrain.distributed.engines.ddp import DDPEngine
-        return DDPEngine(env, device, dist_cfg.backend, dist_cfg.bucket_cap_mb, dist_cfg.compression)
+        return DDPEngine(env, device, dist_cfg.backend, dist_cfg.bucket_cap_mb, dist_cfg.compression,
+                         getattr(dist_cfg, "interface", ""))
     if name == "mpi":
         from ddtrain.distributed.engines.mpi import MPIEngine
         return MPIEngine(env, device, dist_cfg.bucket_cap_mb)

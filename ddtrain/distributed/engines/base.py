@@ -78,6 +78,10 @@ class Engine:
         """Start averaging this model's gradients; returns the module to call in the training step."""
         return model
 
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """model.sync_batchnorm: BatchNorm over the global batch; with one process every batch already is."""
+        return model
+
     def wrap_optimizer(self, optimizer, model: nn.Module, grad_accum_steps: int):
         """The optimizer the trainer steps (engines that hook the optimizer, like Horovod, wrap it)."""
         return optimizer

@@ -9,6 +9,7 @@ an uncompressed run by design). The collectives the rest of ddtrain needs use th
 from __future__ import annotations
 
 import copy
+import os
 from datetime import timedelta
 
 import torch
@@ -18,9 +19,9 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as powersgd
 from torch.nn.parallel import DistributedDataParallel
 
-from ddtrain.distributed import rendezvous
+from ddtrain.distributed import failure, network, rendezvous
 from ddtrain.distributed.engines.base import Engine
-from ddtrain.errors import UserError
+from ddtrain.errors import Unreachable, UserError
 
 POWERSGD_RANK = 2
 POWERSGD_START_ITER = 10
@@ -53,8 +54,11 @@ class DDPEngine(Engine):
 
     name = "ddp"
 
-    def __init__(self, env, device, backend: str = "auto", bucket_cap_mb: float = 25.0, compression: str = "none"):
+    def __init__(self, env, device, backend: str = "auto", bucket_cap_mb: float = 25.0, compression: str = "none",
+                 interface: str = ""):
         super().__init__(env, device)
+        self.interface = interface  # dist.interface: "" lets ddtrain.distributed.network choose
+        self.network_note = ""  # which address and interface were chosen, logged once the run directory is known
         self.requested_backend = backend
         self.bucket_cap_mb = bucket_cap_mb
         self.compression = compression
@@ -62,18 +66,30 @@ class DDPEngine(Engine):
 
     # ---- start-up and collectives --------------------------------------------------------------
     def start(self, timeout_s: float) -> None:
-        chosen = pick_backend(self.requested_backend, self.device)  # checked with one process too
+        backend = pick_backend(self.requested_backend, self.device)  # checked with one process too
         if not self.active:
             return
-        addr, port = self.env.master_addr, self.env.master_port
-        if addr is None or port is None:
+        if self.env.master_addr is None or self.env.master_port is None:
             if self.env.launcher == "horovodrun":
                 raise UserError("started by horovodrun: use dist.engine=horovod, or export MASTER_ADDR and "
                                 "MASTER_PORT to every rank for the ddp engine")
-            addr, port = rendezvous.mpi_master(self.env)
-        tdist.init_process_group(chosen, init_method=f"tcp://{addr}:{port}", rank=self.rank,
-                                 world_size=self.world_size, timeout=timedelta(seconds=timeout_s))
-        self.library = chosen
+            master = rendezvous.mpi_master(self.env, self.interface, backend)
+        else:
+            master = rendezvous.env_master(self.env)
+        store, choice, self.network_note = rendezvous.connect(self.env, master, timeout_s, self.interface, backend)
+        device = network.gloo_device(choice, os.environ, self.interface)
+        if device:  # gloo binds where its hostname resolves unless told: often loopback (127.0.1.1)
+            os.environ["GLOO_SOCKET_IFNAME"] = device
+        if self.interface and backend == "nccl":
+            os.environ["NCCL_SOCKET_IFNAME"] = f"={choice.interface.name}"  # NCCL: exactly this name
+        self.network_note += f"; GLOO_SOCKET_IFNAME={os.environ.get('GLOO_SOCKET_IFNAME')}"
+        try:
+            tdist.init_process_group(backend, store=tdist.PrefixStore("default_pg", store), rank=self.rank,
+                                     world_size=self.world_size, timeout=timedelta(seconds=timeout_s))
+        except (RuntimeError, OSError) as exc:  # e.g. gloo's connectFullMesh over an interface the peers miss
+            raise Unreachable(f"the process group did not connect over {choice.interface} ({choice.reason}): "
+                              f"{failure.one_line(exc)}; {rendezvous.HOW_TO_SET}") from exc
+        self.library = backend
 
     def over(self, library: str) -> "DDPEngine":
         """The same ranks over another torch library (e.g. nccl beside a gloo job): a new group, same collectives."""
@@ -125,6 +141,20 @@ class DDPEngine(Engine):
             state, hook = _compression_hook(self.compression)
             wrapped.register_comm_hook(state, hook)
         return wrapped
+
+    def sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        if not self.active:
+            return model
+        import logging
+
+        from ddtrain.distributed import syncbn
+
+        layers = syncbn.count(model)
+        logging.getLogger("ddtrain").log(logging.INFO if layers else logging.WARNING,
+                                         "model.sync_batchnorm: %d BatchNorm layer(s) normalise over all %d ranks' "
+                                         "batches", layers, self.world_size)
+        # torch's SyncBatchNorm on GPUs; on CPUs (gloo) ddtrain's, through autograd-aware all-reduces
+        return syncbn.convert(model, cuda=self.device.type == "cuda")
 
     def watch_local_gradients(self, wrapped: nn.Module, squared_norm) -> bool:
         inner = getattr(wrapped, "_orig_mod", wrapped)
