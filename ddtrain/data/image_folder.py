@@ -83,7 +83,7 @@ class ImageFiles:
             text = str(exc).strip().split("\n")[0] or type(exc).__name__
             raise UserError(f"dataset=image_folder: {path} does not decode as an image ({text}); replace or "
                             f"delete it (under dataset.root={self.root})") from exc
-        pixels = np.array(apply_pil(img, steps, sx, sy))  # a writable copy (torch.from_numpy warns on read-only)
+        pixels = np.asarray(apply_pil(img, steps, sx, sy))
         return pixels if pixels.ndim == 3 else pixels[:, :, None]
 
 

@@ -14,12 +14,14 @@ and is raised in the training process as one line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from typing import Iterator
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from ddtrain.data.augment import Transform, apply_pil, apply_tensor, sample_generator, to_model_input
 from ddtrain.data.image_folder import ImageFiles
@@ -67,6 +69,10 @@ class SplitReader(Dataset):
                     raise UserError(self._size_message(indices[0], i, xs[0].shape, x.shape))
                 xs.append(x)
                 ys.append(y)
+            if isinstance(self.source, ImageFiles):  # (H, W, C) pixels: one copy into the batch, no per-sample tensors
+                batch = _uint8_batch((len(xs), *xs[0].shape))
+                np.stack(xs, out=batch.numpy())
+                return batch.permute(0, 3, 1, 2), torch.from_numpy(self.source.labels[indices])
             return default_collate(xs), default_collate(ys)  # in a worker: straight into shared memory
         except UserError as exc:
             return Failure(str(exc), traceback.format_exc())
@@ -75,12 +81,11 @@ class SplitReader(Dataset):
             return Failure(f"{self.name}: {self.split} sample {i} raised {type(exc).__name__}: {text}",
                            traceback.format_exc())
 
-    def read(self, i: int, epoch: int) -> tuple[torch.Tensor, object]:
-        """Sample i as seen in `epoch`: (C, ...) input tensor (uint8 pixels for images) and its target."""
+    def read(self, i: int, epoch: int) -> tuple:
+        """Sample i as seen in `epoch`: a (C, ...) input tensor and its target; image files: (H, W, C) uint8 pixels."""
         g = sample_generator(self.seed, epoch, i) if self.transform.random or self.seed_user_rng else None
         if isinstance(self.source, ImageFiles):
-            pixels = self.source.read(i, self.transform, g)
-            return torch.from_numpy(pixels).permute(2, 0, 1), int(self.source.labels[i])
+            return self.source.read(i, self.transform, g), None
         if self.seed_user_rng:
             # the user's own random transforms (torchvision's draw from torch's global generator)
             with torch.random.fork_rng(devices=[]):
@@ -98,8 +103,6 @@ class SplitReader(Dataset):
         if hasattr(x, "getbbox") and hasattr(x, "mode"):  # a Pillow image
             steps = self.transform.plan(x.size[0], x.size[1], g)
             img = apply_pil(x if x.mode in ("L", "RGB") else x.convert("RGB"), steps)
-            import numpy as np
-
             pixels = np.array(img)
             return torch.from_numpy(pixels if pixels.ndim == 3 else pixels[:, :, None]).permute(2, 0, 1)
         x = torch.as_tensor(x)
@@ -116,6 +119,15 @@ class SplitReader(Dataset):
                  f"{self.split}[{first}] is {tuple(want)}")
         return (f"{self.name}: samples of one batch differ in shape ({where}); make them one size, e.g. "
                 "dataset.augment=[random_resized_crop] dataset.eval_transform=[resize,center_crop] dataset.crop_size=N")
+
+
+def _uint8_batch(shape: tuple) -> torch.Tensor:
+    """An empty uint8 tensor; in a DataLoader worker in shared memory, so it reaches the trainer without a copy."""
+    n = int(np.prod(shape))
+    if get_worker_info() is not None:
+        with contextlib.suppress(AttributeError):  # a private API (default_collate uses it too); else one copy
+            return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n)).view(shape)
+    return torch.empty(shape, dtype=torch.uint8)
 
 
 class StepSampler(Sampler):
