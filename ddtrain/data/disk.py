@@ -95,7 +95,7 @@ def class_count(train: Dataset, cfg) -> int:
 
 
 def _first(data: DiskData, split: str):
-    sample = data.reader(split).__getitems__((None, [0]))
+    sample = data.reader(split, raw=True).__getitems__((None, [0]))
     if isinstance(sample, Failure):
         sample.throw()
     return sample

@@ -49,10 +49,13 @@ class SplitReader(Dataset):
     stream position gives each sample's epoch (position // len), and so its augmentation seed.
     """
 
-    def __init__(self, source, transform: Transform, seed: int, name: str, split: str, seed_user_rng: bool):
+    def __init__(self, source, transform: Transform, seed: int, name: str, split: str, seed_user_rng: bool,
+                 to_floats=None):
         self.source, self.transform, self.seed = source, transform, seed
         self.name, self.split = name, split
         self.seed_user_rng = seed_user_rng  # train split of a user Dataset: its own random transforms too
+        # training on the CPU: the worker makes the normalised floats ((mean, std) or () for none), not the trainer
+        self.to_floats = to_floats
 
     def __len__(self) -> int:
         return len(self.source)
@@ -72,8 +75,12 @@ class SplitReader(Dataset):
             if isinstance(self.source, ImageFiles):  # (H, W, C) pixels: one copy into the batch, no per-sample tensors
                 batch = _uint8_batch((len(xs), *xs[0].shape))
                 np.stack(xs, out=batch.numpy())
-                return batch.permute(0, 3, 1, 2), torch.from_numpy(self.source.labels[indices])
-            return default_collate(xs), default_collate(ys)  # in a worker: straight into shared memory
+                x, y = batch.permute(0, 3, 1, 2), torch.from_numpy(self.source.labels[indices])
+            else:
+                x, y = default_collate(xs), default_collate(ys)  # in a worker: straight into shared memory
+            if self.to_floats is not None:
+                x = to_model_input(x, self.to_floats or None, torch.device("cpu"))
+            return x, y
         except UserError as exc:
             return Failure(str(exc), traceback.format_exc())
         except Exception as exc:  # the user's Dataset: one line naming the sample, the traceback chained
@@ -202,7 +209,10 @@ class DiskData:
         self.input_shape, self.num_classes = tuple(input_shape), int(num_classes)
         self.augment, self.evaluate, self.user = augment, evaluate, user
         self.label = f"dataset._target_={name}" if user else f"dataset={name}"  # how messages name the dataset
-        self.norm = None if norm is None else tuple(t.to(device) for t in norm)
+        # on the CPU the workers normalise (in parallel, one thread each); on a GPU the device does, per batch
+        self.in_workers = device.type == "cpu"
+        self.cpu_norm = norm
+        self.norm = None if norm is None or self.in_workers else tuple(t.to(device) for t in norm)
         self.options = _loader_options(cfg, device)
         self._eval_loaders: dict = {}
 
@@ -218,11 +228,15 @@ class DiskData:
                 f"train {s['train']}, val {s['val']}, test {s['test']}, input {self.input_shape}, "
                 f"{self.num_classes} classes")
 
-    def reader(self, split: str, seed: int = 0) -> SplitReader:
-        """The split as DataLoader workers read it (train: augmented; val/test: the evaluation transform)."""
+    def reader(self, split: str, seed: int = 0, raw: bool = False) -> SplitReader:
+        """The split as DataLoader workers read it (train: augmented; val/test: the evaluation transform).
+
+        raw: samples as decoded and transformed, never normalised by the worker.
+        """
         train = split == "train"
+        to_floats = (self.cpu_norm or ()) if self.in_workers and not raw else None
         return SplitReader(self.sources[split], self.augment if train else self.evaluate, seed, self.label, split,
-                           seed_user_rng=train and self.user)
+                           seed_user_rng=train and self.user, to_floats=to_floats)
 
     def example(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n training samples (inputs, targets) on the device, as the model gets them (read here)."""

@@ -256,3 +256,17 @@ def test_a_module_in_the_working_directory_is_found(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     data = load_data(dataset_cfg("dataset._target_=my_cwd_data.make", "dataset.val_fraction=0"), CPU)
     assert data.sizes["train"] == 8 and data.input_shape == (4,)
+
+
+def test_normalising_in_the_workers_or_on_the_device_gives_the_same_batches(folder):
+    """On the CPU the workers normalise; on a GPU the device does (forced here on the CPU)."""
+    plan, aug = BatchPlan(8, 1, 1), "dataset.augment=[hflip]"
+    in_workers = folder_data(folder, aug, "dataset.num_workers=1")
+    on_device = folder_data(folder, aug, "dataset.num_workers=1")
+    on_device.in_workers, on_device.norm = False, on_device.cpu_norm
+    for data in (in_workers, on_device):
+        data.batches = [x for x, _ in data.feed(data.train_batches(0, plan, 0), 0, 3)]
+        data.evals = [x for x, _ in data.eval_batches("val", 0, 1, 5)]
+    assert on_device.batches[0].dtype == torch.float32
+    for a, b in zip(in_workers.batches + in_workers.evals, on_device.batches + on_device.evals):
+        torch.testing.assert_close(a, b)
