@@ -7,8 +7,9 @@ pixels as MNIST IDX files, then, in ABBA order (repeat 0: A, B; repeat 1: B, A; 
           (PNGs decoded by DataLoader workers) against dataset=mnist (the same pixels in memory);
           target: disk / memory >= 0.8.
   loader  the loader alone, one process, the same files and workers: ddtrain's (sampler, workers
-          decoding whole batches, normalised floats) against torchvision's ImageFolder + DataLoader
-          (ToTensor + Normalize, and PILToTensor); images/s; target: ddtrain >= torchvision.
+          decoding whole batches) against torchvision's ImageFolder + DataLoader, both delivering
+          normalised floats (ToTensor + Normalize; ddtrain's CPU path) and both delivering uint8 pixels
+          (PILToTensor; what ddtrain's workers ship on a GPU run); images/s; target: ddtrain >= torchvision.
           Needs a Python with torchvision (--python; PyPI's torchvision does not import beside this
           machine's torch 2.13 wheel, so a throwaway venv: python3 -m venv /tmp/tv &&
           /tmp/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 hydra-core pillow), which
@@ -135,7 +136,7 @@ def loader_run(kind: str, root: Path, batches: int, batch: int, workers: int) ->
     import torch
 
     folder = root / "images" / "train"
-    if kind == "ddtrain":
+    if kind.startswith("ddtrain"):
         from ddtrain.batching import BatchPlan
         from ddtrain.compose import compose
         from ddtrain.data import load_data
@@ -144,7 +145,12 @@ def loader_run(kind: str, root: Path, batches: int, batch: int, workers: int) ->
                                 f"dataset.mean=[{MNIST_MEAN}]", f"dataset.std=[{MNIST_STD}]",
                                 f"dataset.num_workers={workers}"]).dataset
         data = load_data(cfg, torch.device("cpu"))
-        it = data.feed(data.train_batches(0, BatchPlan(batch, 1, 1), 0), 0, batches + 5)
+        if kind == "ddtrain-uint8":  # what the workers ship on a GPU run: uint8, normalised on the device later
+            data.in_workers = False
+        loaded = data.train_batches(0, BatchPlan(batch, 1, 1), 0)
+        if kind == "ddtrain-uint8":
+            loaded._placed = lambda b: b
+        it = data.feed(loaded, 0, batches + 5)
     else:
         import torchvision
         from torchvision import transforms as T
@@ -232,8 +238,8 @@ def main() -> None:
         versions = subprocess.run([a.python, "-c", "import torch, torchvision; print(torch.__version__, "
                                    "torchvision.__version__)"], capture_output=True, text=True).stdout.split()
         out = {**meta, "batch": 128, "batches": a.batches, "torch": versions[:1], "torchvision": versions[1:]}
-        for baseline in ("tv-float", "tv-uint8"):
-            out[f"ddtrain_vs_{baseline}"] = abba(("ddtrain", baseline), a.repeats, measure)
+        for ours, baseline in (("ddtrain", "tv-float"), ("ddtrain-uint8", "tv-uint8")):
+            out[f"{ours}_vs_{baseline}"] = abba((ours, baseline), a.repeats, measure)
         record(f"loader_{a.workers}_workers", out)
 
 
