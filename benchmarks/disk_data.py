@@ -17,7 +17,7 @@ pixels as MNIST IDX files, then, in ABBA order (repeat 0: A, B; repeat 1: B, A; 
 
     .venv/bin/python benchmarks/disk_data.py train --repeats 3
     .venv/bin/python benchmarks/disk_data.py loader --python /tmp/tv/bin/python --repeats 3
-Both append their table to results/disk_data.json.
+Both append their table to results/disk-data-cpu.json.
 
     python benchmarks/disk_data.py jpegs --out DIR --images 10240 --size 256
 writes an ImageNet-like folder of generated JPEGs (sides about --size, 3 channels) for
@@ -41,7 +41,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BIN = Path(sys.executable).parent
-RESULTS = REPO / "results" / "disk_data.json"
+RESULTS = REPO / "results" / "disk-data-cpu.json"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
