@@ -233,7 +233,7 @@ def test_a_dict_of_three_splits_and_the_classes_attribute():
 @pytest.mark.parametrize("target,needle", [
     ("nonexistent_pkg.data.make", r"dataset._target_=nonexistent_pkg.data.make cannot be imported "
                                   r"\(ModuleNotFoundError: No module named 'nonexistent_pkg'\)"),
-    (f"{__name__}.no_such_function", "cannot be imported"),
+    (f"{__name__}.no_such_function", "has no no_such_function"),
     (f"{__name__}.failing_splits", r"failed: FileNotFoundError: no such file: /data/x/labels.csv"),
     (f"{__name__}.not_pairs", r"must be \(input, target\) pairs"),
     ("builtins.print", "returned a NoneType"),
