@@ -332,3 +332,37 @@ def inference_quotes(result: dict) -> list[str]:
             f"compiled (with freezing) {compile_range} {compile_median}",
             f"{ort[min(ort)]['latency_ms_p50']:.0f} ms at batch {min(ort)} to "
             f"{ort[max(ort)]['latency_ms_p50'] / 1000:.1f} s at {max(ort)}"]
+
+
+# --- data from disk (benchmarks/disk_data.py) ------------------------------------------------------------------
+
+LOADER_PAIRS = {"ddtrain_vs_tv-float": "normalised floats (torchvision: ToTensor + Normalize)",
+                "ddtrain-uint8_vs_tv-uint8": "uint8 pixels (torchvision: PILToTensor; ddtrain's GPU path)"}
+
+
+def disk_data(result: dict) -> str:
+    """Training from image files against the same pixels in memory, and ddtrain's loader against torchvision's."""
+    t = result["train_lenet5_2_ranks"]
+    body = [[f"LeNet-5 training, 2 ranks, batch {t['global_batch']}: image folder ({t['workers']} worker per rank) "
+             "/ the same pixels in memory (dataset=mnist)",
+             f"{t['median']['disk']:,.0f} / {t['median']['memory']:,.0f} samples/s",
+             f"**{t['ratio_median']:.2f}**", f"{t['ratio_min']:.2f}–{t['ratio_max']:.2f}", "≥ 0.8"]]
+    loads = [t["load_avg_at_start"]]
+    for key in sorted(k for k in result if k.startswith("loader_")):
+        lo = result[key]
+        loads.append(lo["load_avg_at_start"])
+        for pair, label in LOADER_PAIRS.items():
+            if pair in lo:
+                p = lo[pair]
+                ours, theirs = pair.split("_vs_")
+                body.append([f"loader alone, {lo['workers']} workers, batch {lo['batch']}, {label}: ddtrain / "
+                             f"torchvision {lo['torchvision'][0]} ImageFolder",
+                             f"{p['median'][ours]:,.0f} / {p['median'][theirs]:,.0f} images/s",
+                             f"**{p['ratio_median']:.2f}**", f"{p['ratio_min']:.2f}–{p['ratio_max']:.2f}", "≥ 1"])
+    repeats = sorted({t["repeats"], *(result[k]["repeats"] for k in result if k.startswith("loader_"))})
+    table = markdown_table(["what (20,000 28x28 grayscale PNGs)", "medians", "ratio (median of ABBA pairs)",
+                            "spread of pairs", "target"], "lrrll", body)
+    return table + "\n\n" + paragraph(
+        f"{' or '.join(map(str, repeats))} ABBA pairs each, {result['train_lenet5_2_ranks']['date']}, on the shared "
+        f"{t['cpus']}-core development machine with other engineers' jobs running (load average "
+        f"{min(loads):.1f}–{max(loads):.1f} at the starts).")

@@ -46,6 +46,7 @@ FIGURES = {
     "sweep-mnist1d": Figure("sweep-mnist1d-cpu/sweep.json", ft.sweep, ft.sweep_quotes),
     "gpu-check": Figure("gpu-check-H200-2026-11-26.json", ft.gpu_check, ft.gpu_check_quotes),
     "inference": Figure("inference-resnet18-cpu/inference.json", ft.inference, ft.inference_quotes),
+    "disk-data": Figure("disk-data-cpu.json", ft.disk_data),
 }
 
 OPENING = re.compile(r"^<!-- figures:(?P<name>[\w.-]+) [^\n]*-->[ \t]*$", re.M)

@@ -19,7 +19,11 @@ from ddtrain.batching import BatchPlan
 from ddtrain.errors import UserError
 
 MODELS = ("mlp", "lenet5", "cnn1d", "resnet20", "resnet18", "resnet50", "alexnet")
-DATASETS = ("synthetic", "mnist1d", "mnist", "fashion_mnist", "cifar10")
+DATASETS = ("synthetic", "mnist1d", "mnist", "fashion_mnist", "cifar10", "image_folder")
+DISK_DATASETS = ("image_folder",)  # read from disk by DataLoader workers (as is any dataset._target_)
+# dataset.augment / dataset.eval_transform ops (ddtrain.data.augment); the random ones are for training only
+TRANSFORM_OPS = ("random_resized_crop", "pad_crop", "hflip", "resize", "center_crop")
+RANDOM_TRANSFORM_OPS = ("random_resized_crop", "pad_crop", "hflip")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lars")
 SCHEDULES = ("constant", "cosine", "step")
 LR_SCALING = ("linear", "sqrt", "none")
@@ -60,12 +64,14 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    """What to train on; every rank holds the dataset in memory and reads only its shard."""
+    """What to train on: held in memory by every rank (the built-in sets) or read from disk by DataLoader workers."""
 
     name: str = "mnist1d"
-    """One of synthetic, mnist1d, mnist, fashion_mnist, cifar10."""
+    """One of synthetic, mnist1d, mnist, fashion_mnist, cifar10, image_folder (ignored when _target_ is set)."""
+    _target_: Optional[str] = None
+    """Your own dataset: dotted path of a callable returning torch Datasets (train, test), (train, val, test) or a dict; keys added beside it (dataset.KEY=...) are its arguments."""
     root: str = "data"
-    """mnist, fashion_mnist, cifar10: folder holding the dataset's files (never downloaded)."""
+    """Folder holding the dataset's files (mnist, fashion_mnist, cifar10, image_folder; passed to a _target_ that takes root); never downloaded."""
     cache_dir: str = "~/.cache/ddtrain"
     """mnist1d: where the generated dataset is cached."""
     num_samples: int = 5000
@@ -75,17 +81,37 @@ class DatasetConfig:
     shape: List[int] = field(default_factory=lambda: [3, 32, 32])
     """synthetic: shape of one sample, e.g. [3, 224, 224] or [784]."""
     num_classes: int = 10
-    """synthetic: number of classes."""
+    """synthetic: number of classes; _target_: used when the train Dataset has no num_classes or classes attribute."""
     val_fraction: float = 0.1
-    """Share of the training set held out for validation (fixed split_seed); test stays held out."""
+    """Share of the training set held out for validation (fixed split_seed); test stays held out. image_folder: its val/ folder instead."""
     split_seed: int = 0
     """Seed of the train/validation split and of synthetic data; independent of train.seed."""
     placement: str = "auto"
-    """auto | device | host: data on the training device (auto: when it fits in a quarter of free GPU memory) or in (pinned) host memory, batches gathered by DataLoader workers."""
+    """In-memory datasets: auto | device | host: data on the training device (auto: when it fits in a quarter of free GPU memory) or in (pinned) host memory, batches gathered by DataLoader workers."""
     num_workers: int = 2
-    """host placement: DataLoader worker processes that gather batches."""
+    """DataLoader worker processes per rank that read (image_folder, _target_) or gather (host placement) batches; 0: the training process itself."""
     prefetch_factor: int = 2
-    """host placement: batches each worker prepares ahead."""
+    """Batches each DataLoader worker prepares ahead."""
+    channels: int = 3
+    """image_folder: 3 decodes images as RGB, 1 as grayscale."""
+    augment: List[str] = field(default_factory=list)
+    """image_folder and _target_: training ops, in order, random per (train.seed, epoch, sample): random_resized_crop, pad_crop, hflip, resize, center_crop."""
+    eval_transform: List[str] = field(default_factory=list)
+    """image_folder and _target_: evaluation ops, in order: resize, center_crop (e.g. [resize, center_crop])."""
+    crop_size: int = 0
+    """Side of the square random_resized_crop and center_crop make (e.g. 224); pad_crop's too (0: the image's size)."""
+    resize_size: int = 0
+    """resize: the image's shorter side becomes this many pixels (e.g. 256)."""
+    pad: int = 4
+    """pad_crop: zero pixels added on each side before the random crop."""
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    """random_resized_crop: range of the crop's area as a fraction of the image's."""
+    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    """random_resized_crop: range of the crop's aspect ratio (width / height)."""
+    mean: List[float] = field(default_factory=list)
+    """image_folder and _target_: per-channel mean subtracted from the inputs (pixels scaled to [0, 1]); empty: no normalisation."""
+    std: List[float] = field(default_factory=list)
+    """Per-channel standard deviation the inputs are divided by (with mean)."""
 
 
 @dataclass
@@ -281,7 +307,7 @@ class TrainJob:
 
 
 # the nodes whose _target_ may take keys the schema does not know (passed on as keyword arguments)
-TARGET_NODES = {"model": ModelConfig, "optimizer": OptimizerConfig, "loss": LossConfig}
+TARGET_NODES = {"model": ModelConfig, "dataset": DatasetConfig, "optimizer": OptimizerConfig, "loss": LossConfig}
 def register_configs() -> None:
     """Register the schema in Hydra's ConfigStore; configs/train.yaml starts from it (its defaults and types)."""
     node = OmegaConf.structured(TrainJob)
@@ -309,6 +335,38 @@ def _positive(key: str, value: float) -> None:
         raise UserError(f"{key}={value} must be positive")
 
 
+def _check_transforms(d) -> None:
+    """dataset.augment, eval_transform and their parameters (ddtrain.data.augment applies them)."""
+    on_disk = d.get("_target_") is not None or d.name in DISK_DATASETS
+    for key in ("augment", "eval_transform"):
+        ops = [str(op) for op in d[key]]
+        if ops and not on_disk:
+            raise UserError(f"dataset.{key}={ops} applies to datasets read from disk (dataset=image_folder or "
+                            f"dataset._target_); dataset={d.name} is held in memory: drop dataset.{key}")
+        for op in ops:
+            if op not in TRANSFORM_OPS:
+                raise UserError(f"dataset.{key}: unknown op {op}; choose from {', '.join(TRANSFORM_OPS)}")
+            if key == "eval_transform" and op in RANDOM_TRANSFORM_OPS:
+                raise UserError(f"dataset.eval_transform: {op} is random; evaluation takes only resize and "
+                                "center_crop (put it in dataset.augment)")
+        if {"random_resized_crop", "center_crop"} & set(ops) and d.crop_size <= 0:
+            raise UserError(f"dataset.{key}={ops} needs dataset.crop_size > 0 (e.g. 224)")
+        if "resize" in ops and d.resize_size <= 0:
+            raise UserError(f"dataset.{key}={ops} needs dataset.resize_size > 0 (e.g. 256)")
+    if d.pad < 0 or d.crop_size < 0:
+        raise UserError(f"dataset.pad={d.pad} and dataset.crop_size={d.crop_size} must not be negative")
+    scale, ratio = list(d.crop_scale), list(d.crop_ratio)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise UserError(f"dataset.crop_scale={scale} must be [low, high] with 0 < low <= high <= 1")
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise UserError(f"dataset.crop_ratio={ratio} must be [low, high] with 0 < low <= high")
+    if len(d.mean) != len(d.std) or any(s <= 0 for s in d.std):
+        raise UserError(f"dataset.mean={list(d.mean)} and dataset.std={list(d.std)} need one value per channel "
+                        "each, std positive")
+    if d.channels not in (1, 3):
+        raise UserError(f"dataset.channels={d.channels} must be 1 (grayscale) or 3 (RGB)")
+
+
 def validate(cfg, world_size: int) -> None:
     """Check a composed TrainJob for the given world size; raise UserError naming the bad key."""
     from ddtrain.targets import check_targets, reports_accuracy
@@ -316,7 +374,9 @@ def validate(cfg, world_size: int) -> None:
     check_targets(cfg)
     if cfg.model.get("_target_") is None:
         _choice("model", cfg.model.name, MODELS)
-    _choice("dataset", cfg.dataset.name, DATASETS)
+    if cfg.dataset.get("_target_") is None:
+        _choice("dataset", cfg.dataset.name, DATASETS)
+    _check_transforms(cfg.dataset)
     if cfg.optimizer.get("_target_") is None:
         _choice("optimizer", cfg.optimizer.name, OPTIMIZERS)
     _choice("schedule", cfg.schedule.name, SCHEDULES)

@@ -80,18 +80,24 @@ def load_splits(cfg, device) -> Splits:
     return Splits(train_x, train_y, val_x, val_y, test_x, test_y, shape, classes, name)
 
 
-def split_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
-    """Hold out round(fraction * len(x)) samples chosen by a permutation seeded with seed: (train_x, train_y, val_x, val_y)."""
-    n = len(x)
+def validation_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (train, validation) indices holding out round(fraction * n) samples, chosen by a permutation seeded with seed."""
     n_val = round(fraction * n)
     if n_val >= n:
         raise UserError(f"dataset.val_fraction={fraction} leaves no training samples out of {n}; lower it")
     if n_val == 0:
-        return x, y, x[:0], y[:0]
+        return torch.arange(n), torch.arange(0)
     # The permutation is drawn on the CPU whatever the device, so CPU and GPU runs split identically.
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx = perm[:n_val].sort().values.to(x.device)
-    train_idx = perm[n_val:].sort().values.to(x.device)
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def split_validation(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int):
+    """Hold out round(fraction * len(x)) samples chosen by a permutation seeded with seed: (train_x, train_y, val_x, val_y)."""
+    train_idx, val_idx = validation_indices(len(x), fraction, seed)
+    if len(val_idx) == 0:
+        return x, y, x[:0], y[:0]
+    train_idx, val_idx = train_idx.to(x.device), val_idx.to(x.device)
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 

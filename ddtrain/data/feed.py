@@ -2,7 +2,9 @@
 
 A dataset that fits stays on the GPU and batches are gathered there (no copies, no workers).
 One that does not stays in pinned host memory; DataLoader workers gather the batches ahead of
-time and each is copied to the GPU without blocking the host.
+time and each is copied to the GPU without blocking the host. Datasets larger than memory
+(dataset=image_folder, dataset._target_) are read from disk by DataLoader workers
+(ddtrain.data.loader); load_data returns either kind behind one interface.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ddtrain.data.sharding import ShardedBatches
+from ddtrain.config import DISK_DATASETS
+from ddtrain.data.sharding import ShardedBatches, eval_shard
 
 log = logging.getLogger("ddtrain")
 
@@ -102,6 +105,59 @@ def micro_batches(batches: ShardedBatches, start_step: int, total_steps: int, de
     loader = DataLoader(_MicroBatchDataset(batches), batch_size=None,
                         sampler=range(start_step * accum, total_steps * accum), num_workers=num_workers,
                         pin_memory=device.type == "cuda",
-                        prefetch_factor=prefetch_factor if num_workers > 0 else None)
+                        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+                        generator=torch.Generator())  # not the global RNG: a resume must not shift dropout
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+class InMemoryData:
+    """A built-in dataset held in memory (Splits) and where it lives; the interface run() and the evaluator use.
+
+    ddtrain.data.loader.DiskData has the same: name, input_shape, num_classes, sizes, on_device,
+    summary(), example(), train_batches(), feed(), eval_batches().
+    """
+
+    def __init__(self, splits, on_device: bool, cfg, device: torch.device):
+        self.splits, self.on_device, self.cfg, self.device = splits, on_device, cfg, device
+        self.name, self.input_shape, self.num_classes = splits.name, tuple(splits.input_shape), splits.num_classes
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Number of samples in each split."""
+        return self.splits.sizes
+
+    def summary(self) -> str:
+        """One line describing the splits, for the log."""
+        return self.splits.summary()
+
+    def example(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n training samples (inputs, targets) on the device, as the model gets them."""
+        return self.splits.train_x[:n].to(self.device), self.splits.train_y[:n].to(self.device)
+
+    def train_batches(self, seed: int, plan, rank: int) -> ShardedBatches:
+        """This rank's training micro-batches for train.seed and the batch plan."""
+        return ShardedBatches(self.splits.train_x, self.splits.train_y, seed=seed, plan=plan, rank=rank)
+
+    def feed(self, batches: ShardedBatches, start_step: int, total_steps: int):
+        """Micro-batches from start_step to total_steps, on the device (gathered there, or by workers on the host)."""
+        return micro_batches(batches, start_step, total_steps, self.device, use_loader=not self.on_device,
+                             num_workers=self.cfg.num_workers, prefetch_factor=self.cfg.prefetch_factor)
+
+    def eval_batches(self, split: str, rank: int, world_size: int, batch_size: int):
+        """This rank's contiguous share of a split (each sample once across ranks), in slices where the data lives."""
+        x, y = getattr(self.splits, f"{split}_x"), getattr(self.splits, f"{split}_y")
+        shard = eval_shard(len(x), rank, world_size)
+        for start in range(shard.start, shard.stop, batch_size):
+            end = min(start + batch_size, shard.stop)
+            yield x[start:end], y[start:end]
+
+
+def load_data(cfg, device: torch.device):
+    """The dataset of cfg (the dataset section): InMemoryData for the built-in sets, DiskData for data read from disk."""
+    if cfg.get("_target_") is not None or cfg.name in DISK_DATASETS:
+        from ddtrain.data.disk import load_disk
+
+        return load_disk(cfg, device)
+    splits, on_device = load_placed(cfg, device)
+    return InMemoryData(splits, on_device, cfg, device)

@@ -49,22 +49,32 @@ class SampleStream:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-class ShardedBatches:
-    """Per-rank micro-batches of an in-memory dataset, served by index gathering (no per-sample collation)."""
+class RankBatches:
+    """Which samples one rank reads at each (optimizer step, accumulation micro-step), from the sample stream."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int, plan, rank: int):
-        self.x, self.y = x, y
-        self.stream = SampleStream(len(x), seed, x.device)
+    def __init__(self, num_samples: int, *, seed: int, plan, rank: int, device: torch.device | str = "cpu"):
+        self.num_samples = num_samples
+        self.stream = SampleStream(num_samples, seed, device)
         self.plan = plan  # ddtrain.batching.BatchPlan
         self.rank = rank
         self.global_batch_size, self.world_size = plan.global_batch_size, plan.world_size
         self.grad_accum_steps, self.per_rank_batch_size = plan.grad_accum_steps, plan.per_rank_batch_size
 
+    def position(self, step: int, micro_step: int = 0) -> int:
+        """Stream position of this rank's first sample at (step, micro_step); position // num_samples is its epoch."""
+        return step * self.global_batch_size + (micro_step * self.world_size + self.rank) * self.per_rank_batch_size
+
     def indices(self, step: int, micro_step: int = 0) -> torch.Tensor:
         """Sample indices this rank reads at optimizer step `step`, accumulation micro-step `micro_step`."""
-        b = self.per_rank_batch_size
-        start = step * self.global_batch_size + (micro_step * self.world_size + self.rank) * b
-        return self.stream.take(start, b)
+        return self.stream.take(self.position(step, micro_step), self.per_rank_batch_size)
+
+
+class ShardedBatches(RankBatches):
+    """Per-rank micro-batches of an in-memory dataset, served by index gathering (no per-sample collation)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int, plan, rank: int):
+        super().__init__(len(x), seed=seed, plan=plan, rank=rank, device=x.device)
+        self.x, self.y = x, y
 
     def get(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """The (inputs, labels) micro-batch of this rank, on the dataset's device."""

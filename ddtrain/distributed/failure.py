@@ -4,7 +4,9 @@ Once the ranks agree on a run directory, attach() records it, where checkpoints 
 host and addresses. explain() then turns any exception into the line to print and the exit status
 (the console scripts print it and leave: ddtrain.cli.common.exit_path):
 
-- bad input (UserError): its message, EXIT_USER, the same on every rank;
+- bad input (UserError): its message, EXIT_USER, the same on every rank; bad input that only one
+  rank meets (an image that does not decode, in its shard) is recorded, and the other ranks, whose
+  collectives then fail, print that rank's line with EXIT_USER too;
 - an exception on this rank (a bad batch, a non-finite loss with train.stop_on_nan, out of memory)
   writes "<message>" atomically to <run_dir>/failures/rank<N>.txt; the line is
   "rank N failed: <message>; <checkpoint note>", EXIT_FAILED;
@@ -29,13 +31,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, Preempted, Unreachable, UserError
+from ddtrain.errors import EXIT_FAILED, EXIT_PEER, EXIT_PREEMPTED, EXIT_USER, Preempted, Unreachable, UserError
 from ddtrain.fileio import atomic_open, list_checkpoints
 
 log = logging.getLogger("ddtrain")
 
 PEER_REPORT_WAIT_S = 3.0  # how long a survivor waits for the failed rank's own message
 FAILURES = "failures"
+BAD_INPUT = ".bad-input"  # beside rank<N>.txt: that rank's failure was bad input (UserError)
 
 # what happened when a peer is gone or cannot be reached, in the words gloo, NCCL, the c10d store, MPI and
 # Horovod use; which library raised is no evidence (a CUDA error inside an NCCL call is this rank's own)
@@ -72,7 +75,7 @@ def own_addresses() -> list[str]:
 def attach(d, run_dir: Path, checkpoints: Path | None = None, note: str = "") -> None:
     """Called on every rank once the run directory is agreed: clear old failure files, learn every rank's host."""
     if d.is_main:
-        for old in (run_dir / FAILURES).glob("rank*.txt"):  # left by an earlier attempt in this directory
+        for old in (run_dir / FAILURES).glob("rank*.*"):  # left by an earlier attempt in this directory
             old.unlink(missing_ok=True)
     # a collective: rank 0 has cleared before any rank can write a failure of this attempt
     hosts = d.all_gather_object((socket.gethostname(), own_addresses()))
@@ -122,14 +125,26 @@ def failure_file(rank: int) -> Path | None:
     return job.run_dir / FAILURES / f"rank{rank}.txt" if job.run_dir else None
 
 
-def record(message: str) -> None:
-    """Write this rank's one-line message atomically where the other ranks look for it."""
+def record(message: str, bad_input: bool = False) -> None:
+    """Write this rank's one-line message atomically where the other ranks look for it (and mark bad input)."""
     path = failure_file(job.rank)
     if path is None:
         return
     with contextlib.suppress(OSError):
+        if bad_input:  # marked before the message appears, so a peer that sees the message sees the mark
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.with_suffix(BAD_INPUT).touch()
         with atomic_open(path) as f:
             f.write(message + "\n")
+
+
+def bad_input_reported(reports: list[tuple[int, str]]) -> str | None:
+    """The message of the first reporting peer whose failure was bad input (a UserError), or None."""
+    for rank, message in reports:
+        path = failure_file(rank)
+        if path is not None and path.with_suffix(BAD_INPUT).exists():
+            return message
+    return None
 
 
 def peer_reports(wait_s: float | None = None) -> list[tuple[int, str]]:
@@ -203,13 +218,16 @@ def explain(exc: BaseException) -> tuple[str | None, int]:
     """
     _from_launcher()
     if isinstance(exc, UserError):
-        record(str(exc))
+        record(str(exc), bad_input=True)
         return str(exc), exc.exit_code
     if isinstance(exc, Preempted):
         return None, EXIT_PREEMPTED
     if isinstance(exc, Unreachable):  # the rendezvous failed: its message says which address and what to set
         return str(exc), EXIT_PEER
     if job.world_size > 1 and is_collective_error(exc):
+        bad_input = bad_input_reported(peer_reports())
+        if bad_input is not None:  # a peer met bad input: the same line and exit status on every rank
+            return bad_input, EXIT_USER
         return f"{peer_message(exc)}; {checkpoint_note()}", EXIT_PEER
     message = one_line(exc)
     record(message)

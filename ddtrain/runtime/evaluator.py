@@ -12,7 +12,6 @@ import time
 
 import torch
 
-from ddtrain.data.sharding import eval_shard
 from ddtrain.runtime.metrics import SumMeter
 
 log = logging.getLogger("ddtrain")
@@ -29,7 +28,7 @@ class Evaluator:
         self.eval_every, self.evals_per_epoch = train_cfg.eval_every, train_cfg.evals_per_epoch
         self.target = train_cfg.target_accuracy  # or, for losses without accuracy, a validation loss to reach:
         self.target_loss = getattr(train_cfg, "target_loss", 0.0)
-        self.has_val = data.val_x.shape[0] > 0
+        self.has_val = data.sizes["val"] > 0
         self.eval_time_s = 0.0
         self.last_val: dict = {}
         self.last_val_step: int | None = None
@@ -42,7 +41,7 @@ class Evaluator:
         return bool(self.target or self.target_loss)
 
     def epoch_at(self, step: int) -> float:
-        return self.plan.epoch_at(step, len(self.data.train_y))
+        return self.plan.epoch_at(step, self.data.sizes["train"])
 
     def due(self, done: int, last: bool) -> bool:
         """Validate here? Every eval_every steps, or (0) whenever 1/evals_per_epoch of an epoch completes."""
@@ -54,18 +53,16 @@ class Evaluator:
         return math.floor(k * self.epoch_at(done)) > math.floor(k * self.epoch_at(done - 1))
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """Loss (and accuracy, for classification) over a whole split, each sample counted once across ranks."""
+    def evaluate(self, split: str) -> dict:
+        """Loss (and accuracy, for classification) over a whole split ("val" or "test"), each sample counted once across ranks."""
         model = self.engine.unwrap(self.step.model)
         was_training = model.training
         model.eval()
         meter = SumMeter(self.engine.device, self.step.loss.accuracy)
-        shard = eval_shard(len(x), self.engine.rank, self.engine.world_size)
         batch = max(self.plan.per_rank_batch_size, 256)
         t0 = time.perf_counter()
-        for start in range(shard.start, shard.stop, batch):
-            end = min(start + batch, shard.stop)
-            xb, yb = self.step.to_device(x[start:end], y[start:end])
+        for xb, yb in self.data.eval_batches(split, self.engine.rank, self.engine.world_size, batch):
+            xb, yb = self.step.to_device(xb, yb)
             with self.step.autocast():
                 logits = model(xb)
             meter.add(self.step.loss(logits, yb), logits, yb)
@@ -76,7 +73,7 @@ class Evaluator:
 
     def validate(self, done: int, sink, train_time_s: float) -> dict:
         """Evaluate on the validation set; track the best accuracy and when the target was first reached."""
-        val = self.evaluate(self.data.val_x, self.data.val_y)
+        val = self.evaluate("val")
         self.last_val, self.last_val_step = val, done
         sink.log(done, {"epoch": round(self.epoch_at(done), 4), **_figures(val)}, "val")
         if "accuracy" in val and (self.best_val_accuracy is None or val["accuracy"] > self.best_val_accuracy):
@@ -95,7 +92,7 @@ class Evaluator:
         val = {}
         if self.has_val:
             val = self.last_val if self.last_val_step == done else self.validate(done, sink, train_time_s)
-        test = self.evaluate(self.data.test_x, self.data.test_y)
+        test = self.evaluate("test")
         sink.log(done, _figures(test), "test")
         figures = {"val_loss": val.get("loss"), "test_loss": test["loss"], "eval_s": self.eval_time_s,
                    "steps_to_target": self.reached.get("steps_to_target"),

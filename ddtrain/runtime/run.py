@@ -16,8 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ddtrain.batching import BatchPlan
-from ddtrain.data.feed import load_placed, micro_batches
-from ddtrain.data.sharding import ShardedBatches
+from ddtrain.data.feed import load_data
 from ddtrain.errors import UserError
 from ddtrain.hardware import lookup_gpu, peak_flops
 from ddtrain.models import build_model, model_name
@@ -48,7 +47,7 @@ def _flops(model, data, device) -> int | None:
     """Training FLOPs per sample; None (and a warning) when the user's model cannot be traced on zeros."""
     try:
         return flops_per_sample(model, tuple(data.input_shape), data.num_classes, device=device,
-                                input_dtype=data.train_x.dtype)
+                                input_dtype=data.example(1)[0].dtype)
     except Exception as exc:  # e.g. outputs that are not one tensor: throughput is still measured
         log.warning("FLOPs per sample not counted (%s: %s): no MFU", type(exc).__name__, exc)
         return None
@@ -80,11 +79,12 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()  # per run, also when a sweep runs several in one process
 
-    data, on_device = load_placed(cfg.dataset, device)
+    data = load_data(cfg.dataset, device)  # in memory, or read from disk by DataLoader workers
+    log.info(data.summary())
     plan = BatchPlan(tc.global_batch_size, engine.world_size, tc.grad_accum_steps)
-    n_train = data.train_x.shape[0]
+    n_train = data.sizes["train"]
     if n_train < tc.global_batch_size:
-        raise UserError(f"dataset={cfg.dataset.name} has {n_train} training samples, fewer than one global batch "
+        raise UserError(f"dataset={data.name} has {n_train} training samples, fewer than one global batch "
                         f"(train.global_batch_size={tc.global_batch_size}); use a smaller batch or a larger dataset")
     steps = plan.total_steps(tc.epochs, tc.max_steps, n_train)
 
@@ -94,7 +94,7 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
         log.info("%s", init_from(model, cfg.model.init_from, cfg.model.init_strict).line(cfg.model.init_from))
     loss = build_loss(cfg.get("loss"))
     if cfg.model.get("_target_") or cfg.loss.get("_target_"):  # the user's code: fail now, not at step 1
-        check_fits(model, loss, data.train_x[:2].to(device), data.train_y[:2].to(device),
+        check_fits(model, loss, *data.example(2),
                    f"model {model_name(cfg.model)}")
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -116,13 +116,11 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
     checkpointer = Checkpointer(run_dir / "checkpoints", engine, cfg.checkpoint.every_steps, cfg.checkpoint.keep_last)
     state, resume_path = checkpointer.resume_state(cfg.checkpoint.resume, tc.global_batch_size)
     start_step = int(state["step"]) if state is not None else 0
-    batches = ShardedBatches(data.train_x, data.train_y, seed=tc.seed, plan=plan, rank=engine.rank)
+    batches = data.train_batches(tc.seed, plan, engine.rank)
     step = TrainStep(engine, wrapped, optimizer, scheduler, scaler, plan, tc, loss)
     trainer = Trainer(
         engine=engine, step=step, evaluator=Evaluator(engine, step, data, plan, tc), checkpointer=checkpointer,
-        feed=lambda start: micro_batches(batches, start, steps, device, use_loader=not on_device,
-                                         num_workers=cfg.dataset.num_workers,
-                                         prefetch_factor=cfg.dataset.prefetch_factor),
+        feed=lambda start: data.feed(batches, start, steps),
         meter=ThroughputMeter(device, plan, start_step, tc.throughput_warmup_steps, tc.throughput_measure_steps,
                               fps, peak_flops(gpu, tc.precision) if gpu else None),
         total_steps=steps, train_cfg=tc, progress=cfg.logging.progress)
@@ -136,7 +134,7 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
     engine.broadcast_state(model, optimizer)  # every rank starts from rank 0's model and optimizer state
 
     log.info("training %s on %s: %d steps, global batch %d (%d per rank x %d rank(s) x %d accumulation), lr %.4g",
-             model_name(cfg.model), cfg.dataset.name, steps, plan.global_batch_size, plan.per_rank_batch_size,
+             model_name(cfg.model), data.name, steps, plan.global_batch_size, plan.per_rank_batch_size,
              plan.world_size, plan.grad_accum_steps, lr)
     figures = trainer.fit(start_step)
 
@@ -151,11 +149,11 @@ def run(cfg, session, run_dir: str | Path | None = None, before_fit=None) -> dic
         "lr": lr, "wall_s": time.perf_counter() - t_start, "engine": engine.name, "backend": engine.library,
         "device": str(device), "precision": tc.precision,
         "peak_memory_bytes": max(engine.all_gather_object(peak_memory_bytes(device))),
-        "torch_version": torch.__version__, "model": model_name(cfg.model), "dataset": cfg.dataset.name,
+        "torch_version": torch.__version__, "model": model_name(cfg.model), "dataset": data.name,
         "launcher": engine.env.launcher, "run_dir": str(run_dir),
         "resumed_from": str(resume_path) if resume_path else None, "flops_per_sample": fps,
         "gpu": gpu.name if gpu else None, "peak_flops_per_device": trainer.meter.peak,
-        "channels_last": tc.channels_last, "compile": tc.compile, "data_on_device": on_device,
+        "channels_last": tc.channels_last, "compile": tc.compile, "data_on_device": data.on_device,
         "parameter_digest": digests[0], "ranks_identical": len(set(digests)) == 1,
         "model_file": str(model_file) if model_file else None,
     }

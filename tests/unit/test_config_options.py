@@ -18,6 +18,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from helpers.images import write_image_folder
+
 from ddtrain.config import DATASETS, MODELS, OPTIMIZERS, SCHEDULES, config_dir, register_configs, validate
 
 GROUPS = ("model", "dataset", "optimizer", "schedule")
@@ -186,6 +188,10 @@ def test_every_dataset_trains_2_steps(dataset, tmp_path, mnist1d, mnist1d_cache)
     elif dataset in ("mnist", "fashion_mnist"):
         root = make_idx_root(tmp_path / "data")
         overrides = ["model=lenet5", f"dataset={dataset}", f"dataset.root={root}", "train.global_batch_size=8"]
+    elif dataset == "image_folder":  # its own ImageNet normalisation: RGB images
+        root = write_image_folder(tmp_path / "images", {"train": 6, "val": 2}, classes=2, channels=3)
+        overrides = ["model=lenet5", "dataset=image_folder", f"dataset.root={root}", "train.global_batch_size=8",
+                     "dataset.num_workers=1"]
     else:
         pytest.fail(f"new dataset option {dataset}: add a tiny setup for it here")
     summary = train_2_steps(overrides, tmp_path / "run")

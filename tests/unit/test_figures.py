@@ -299,3 +299,18 @@ def test_inference_table_and_the_speedups_the_prose_quotes():
                           "its p50 is 1.0–4.0× faster than eager (median 2.5×)"]
     assert quotes[3] == "compiled (with freezing) 1.0–2.0× (median 2.0×)"
     assert quotes[4] == "100 ms at batch 1 to 1.6 s at 32"
+
+
+def test_disk_data_table_gives_each_ratio_against_its_target():
+    pair = {"median": {}, "ratio_median": 1.5, "ratio_min": 1.1, "ratio_max": 2.0}
+    result = {"train_lenet5_2_ranks": {"date": "2026-01-02", "cpus": 2, "load_avg_at_start": 3.0, "workers": 1,
+                                       "repeats": 3, "global_batch": 128, "median": {"disk": 900.0, "memory": 1000.0},
+                                       "ratio_median": 0.9, "ratio_min": 0.85, "ratio_max": 0.95},
+              "loader_2_workers": {"load_avg_at_start": 5.0, "workers": 2, "batch": 128, "repeats": 6,
+                                   "torchvision": ["0.29.1"],
+                                   "ddtrain_vs_tv-float": {**pair, "median": {"ddtrain": 3000.0, "tv-float": 2000.0}}}}
+    table = ft.disk_data(result)
+    assert "| 900 / 1,000 samples/s | **0.90** | 0.85–0.95 | ≥ 0.8 |" in table
+    assert "| 3,000 / 2,000 images/s | **1.50** | 1.10–2.00 | ≥ 1 |" in table
+    assert "uint8" not in table  # a pair that was not recorded has no row
+    assert "3 or 6 ABBA pairs" in table and "load average 3.0–5.0" in table
