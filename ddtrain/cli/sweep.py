@@ -11,9 +11,10 @@ from ddtrain.config import config_dir, register_configs, validate
 register_configs()
 
 
-def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
-    """Start the session, run the missing points, write the artefacts, close; returns the rows."""
+def sweep(cfg: DictConfig, sweep_dir: str):
+    """Start the session, run the missing points (or the probe), write the artefacts, close; returns the rows."""
     from ddtrain.distributed.session import Session
+    from ddtrain.sweep.probe import run_prediction
     from ddtrain.sweep.runner import run_sweep, validate_sweep
 
     def check(world_size: int) -> None:
@@ -23,7 +24,7 @@ def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
     session = Session.start(cfg.dist, sweep_dir, check=check, log_level=cfg.logging.level,
                             note="finished points are kept in {run_dir}/sweep.csv; run the same command with "
                                  "hydra.run.dir={run_dir} to train only the missing ones")
-    rows = run_sweep(cfg, session)
+    rows = run_prediction(cfg, session) if cfg.sweep.mode == "predict" else run_sweep(cfg, session)
     if session.engine.is_main:
         print((session.run_dir / "report.md").read_text(), flush=True)
     session.close()
