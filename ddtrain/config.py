@@ -283,9 +283,9 @@ class SweepConfig:
     tune_evals: int = 100
     """tune and predict: validations per point's budget (eval every budget/tune_evals steps): steps-to-target resolution."""
     probe_batch_size: int = 0
-    """predict: the small batch of the probe's learning-rate scan and noise-scale run; 0: the smallest of batch_sizes."""
-    probe_branches: int = 2
-    """predict: batch sizes branched from the probe's checkpoint to calibrate B_crit against B_simple."""
+    """predict: the small batch of the probe's learning-rate scan and noise-scale run; 0: the second-smallest of batch_sizes."""
+    probe_anchors: int = 1
+    """predict: large batch sizes trained from scratch to the target (8x, 2x, ... B_simple) that calibrate B_noise against B_simple."""
     probe_max_samples: float = 0.0
     """predict: training samples the whole probe may process (runs stop when it is spent); 0: no limit."""
     compare_to: str = ""

@@ -20,10 +20,10 @@ def _spot_lines(rows, timing, target, target_metric) -> list[str]:
     if spot is None:
         return [f"- **Sweet spot:** none — no batch size reached {target_metric} {sign} {target:g} on every seed."]
     line = (f"- **Sweet spot:** batch size {spot['batch_size']:g} reaches {target_metric} {sign} {target:g} "
-            f"in {spot['time_to_target_s']:.1f} s on average")
+            f"in {spot['time_to_target_s']:.3g} s on average")
     if "time_lo_s" not in spot:
         return [line + f" ({spot['seeds']} seed(s), {spot['steps_to_target']:.0f} steps)."]
-    line += (f" ({spot['time_lo_s']:.2f}–{spot['time_hi_s']:.2f} s; {spot['seeds']} seed(s), "
+    line += (f" ({spot['time_lo_s']:.3g}–{spot['time_hi_s']:.3g} s; {spot['seeds']} seed(s), "
              f"{spot['steps_to_target']:.0f} steps × the timed step time).")
     if spot["tied"]:
         line += f" It cannot be told apart from batch size(s) {_sizes(spot['tied'])}: their intervals overlap."

@@ -72,7 +72,7 @@ def validate_sweep(cfg, world_size: int) -> None:
         raise UserError("sweep.warmup_steps and sweep.measure_steps must be >= 0, sweep.evals_per_epoch >= 1")
     if sc.mode not in MODES:
         raise UserError(f"sweep.mode={sc.mode} is not supported; choose one of: {', '.join(MODES)}")
-    for key in ("min_steps", "timing_rounds", "probe_batch_size", "probe_branches", "probe_max_samples", "tune_extend"):
+    for key in ("min_steps", "timing_rounds", "probe_batch_size", "probe_anchors", "probe_max_samples", "tune_extend"):
         if sc[key] < 0:
             raise UserError(f"sweep.{key}={sc[key]} must not be negative")
     for key in ("timing_steps", "tune_lrs", "tune_evals"):

@@ -10,9 +10,8 @@ scale grows as the loss falls, steps to the target at batch B are
 
 with S_min = sum 1 / (1 + B_noise / b0) and B_crit the S_min-weighted mean of B_noise. We measure
 B_simple(t) = tr(Sigma) / |G|^2 along the run; McCandlish's B_noise also weighs the curvature and is
-not B_simple, so B_noise = kappa B_simple, with kappa calibrated by branches at larger batches from a
-checkpoint of the small run (each branch's steps from the checkpoint to the target against the same
-sum over that segment). Pure functions of plain numbers.
+not B_simple, so B_noise = kappa B_simple, with kappa calibrated by a large batch trained from scratch
+to the target (its steps against the same sum at that batch size). Pure functions of plain numbers.
 """
 
 from __future__ import annotations
@@ -114,8 +113,8 @@ def predict_steps(parts, kappa: float, b0: float, batch_size: float) -> float:
 def fit_kappa(segment, b0: float, measured: dict) -> tuple[float, float] | None:
     """kappa = B_noise / B_simple that makes the segment's predicted steps match the branches.
 
-    segment: (steps, B_simple) parts of the small run from the checkpoint to the target; measured:
-    {batch size: steps from the checkpoint to the target at that batch}. Least squares on log steps
+    segment: (steps, B_simple) parts of the small run (all of it, or a stretch); measured: {batch size:
+    steps to cover the same progress at that batch}. Least squares on log steps
     over a log grid of kappa, refined by golden section. Returns (kappa, rms log error) or None.
     """
     data = [(float(b), float(s)) for b, s in measured.items() if s and s > 0 and b > b0]
@@ -144,6 +143,19 @@ def fit_kappa(segment, b0: float, measured: dict) -> tuple[float, float] | None:
 def best_lr(lr0: float, b0: float, b_crit: float, batch_size: float) -> float:
     """The learning rate for batch_size, from the best one at b0: eta_max / (1 + B_crit / B) (McCandlish eq. 2.6)."""
     return lr0 * (1.0 + b_crit / b0) / (1.0 + b_crit / batch_size)
+
+
+def lr_from_anchors(b0: float, lr0: float, anchor: tuple[float, float] | None, b_crit: float,
+                    batch_size: float) -> float:
+    """The learning rate to use at batch_size: linear from b0's best until it meets the large anchor's best.
+
+    anchor: (batch size, best learning rate) of a large batch, or None; without it McCandlish's
+    eta_max / (1 + B_crit / B) through b0's best. The tuned learning rates of the three workloads in
+    the README rise linearly and then level off more abruptly than McCandlish's form bends.
+    """
+    if anchor is None:
+        return best_lr(lr0, b0, b_crit, batch_size)
+    return min(lr0 * batch_size / b0, anchor[1])
 
 
 def rule_outcome(rule_lr: float, lr: float, steps: float, budget: float | None) -> dict:
@@ -178,10 +190,9 @@ def next_lr(tried: dict, spread: float = 2.0, limit: int = 5) -> float | None:
         return None
     good = {lr: s for lr, s in tried.items() if isinstance(s, (int, float))}
     if not good:
-        diverged = [lr for lr, s in tried.items() if s == "diverged"]
-        if len(diverged) == len(tried):
-            return min(tried) / spread  # everything blew up: go lower
-        return max(tried) * spread if not diverged else None  # everything too slow: go higher
+        if not any(s == "diverged" for s in tried.values()):
+            return max(tried) * spread  # everything too slow: go higher
+        return min(tried) / spread  # some blew up, the rest missed (often unstable without a NaN): go lower
     best = min(good, key=lambda lr: (good[lr], lr))
     if best == min(tried):
         return best / spread

@@ -17,6 +17,8 @@ def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
     b0, scan, parts = probe["b0"], probe["scan"], probe["parts"]
     kappa, rms = probe["kappa"] if probe["kappa"] else (1.0, None)
     s_min, b_crit = predict.knee_from(parts, kappa, b0)
+    reached = [(a["batch_size"], a["lr"]) for a in probe["anchors"] if a["lr"]]
+    anchor = max(reached) if reached else None  # the largest batch trained from scratch, and its best LR
     per_batch, times = [], {}
     for b in probe["sizes"]:
         entry = probe["timing"]["batch_sizes"].get(str(b), {})
@@ -24,7 +26,7 @@ def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
             per_batch.append({"batch_size": b, "status": "oom"})
             continue
         steps = predict.predict_steps(parts, kappa, b0, b)
-        lr = predict.best_lr(scan["lr"], b0, b_crit, b)
+        lr = predict.lr_from_anchors(b0, scan["lr"], anchor, b_crit, b)
         rule_lr = scaled_lr(cfg.train.lr, b, cfg.train.base_batch_size, cfg.sweep.lr_scaling)
         t = timing_mod.step_time(entry)
         budget = probe["budgets"][b]
@@ -42,15 +44,13 @@ def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
         "target": cfg.sweep.target, "target_metric": cfg.sweep.target_metric, "world_size": world_size,
         "probe_batch_size": b0, "lr_scaling": cfg.sweep.lr_scaling,
         "scan": {"rule_lr": scan["rule_lr"], "best_lr": scan["lr"], "steps_to_target": probe["s0"],
-                 "tried": {f"{lr:.6g}": s for lr, s in scan["tried"].items()}},
+                 "tried": _tried(scan)},
         "noise": {"windows": probe["windows"], "growth_fit": {"a": probe["fit"][0], "exponent": probe["fit"][1]},
                   "loss_at_target": probe["loss_at_target"], "b_simple_at_target": probe["b_simple_at_target"],
                   "b_simple_at_target_ema": probe["ema_at_target"]},
-        "branch_point_step": probe["t0"],
-        "branches": [{"batch_size": b, "best_lr": r["lr"], "steps_from_checkpoint": r["steps"],
-                      "predicted_with_kappa": predict.predict_steps(probe["segment"], kappa, b0, b),
-                      "tried": {f"{lr:.6g}": s for lr, s in r["tried"].items()}} for b, r in probe["branches"].items()],
-        "small_batch_segment_steps": probe["s0"] - probe["t0"],
+        "anchors": [{"batch_size": a["batch_size"], "best_lr": a["lr"], "steps_to_target": a["steps"],
+                     "predicted_with_kappa": predict.predict_steps(parts, kappa, b0, a["batch_size"]),
+                     "tried": _tried(a)} for a in probe["anchors"]],
         "kappa": kappa, "kappa_rms_log_error": rms, "kappa_calibrated": probe["kappa"] is not None,
         "s_min": s_min, "b_crit": b_crit, "per_batch": per_batch,
         "sweet_spot": None if spot is None else {"batch_size": spot["batch_size"], "time_to_target_s": list(spot["time"]),
@@ -58,6 +58,10 @@ def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
         "rule_fails": [e["batch_size"] for e in per_batch if e.get("rule", {}).get("fails")],
         "cost": cost(probe["rows"], probe["timing"], world_size), "max_samples": cfg.sweep.probe_max_samples,
     }
+
+
+def _tried(search: dict) -> dict:
+    return {f"{lr:.6g}": s for lr, s in search["tried"].items()}
 
 
 def write_json(prediction: dict, out_dir) -> None:
@@ -83,13 +87,14 @@ def report_lines(p: dict) -> list[str]:
              f"{p['scan']['rule_lr']:.4g}; {p['scan']['steps_to_target']} steps to the target), measured the gradient "
              f"noise scale along that run — B_simple grows as loss^-{n['growth_fit']['exponent']:.2f} and is "
              f"{n['b_simple_at_target']:.4g} at the target (the trainer's moving average there: "
-             f"{_f(n['b_simple_at_target_ema'], '.4g')}) — and branched from step {p['branch_point_step']} at "
-             + (", ".join(f"{b['batch_size']} ({_f(b['steps_from_checkpoint'], '.0f')} steps, lr {_f(b['best_lr'], '.3g')})"
-                          for b in p["branches"]) or "no batch size")
-             + f" against {p['small_batch_segment_steps']} at batch {p['probe_batch_size']}. "
-             + (f"That calibrates B_noise = {p['kappa']:.2f} × B_simple (rms log error {_f(p['kappa_rms_log_error'], '.2f')})"
-                if p["kappa_calibrated"] else "No branch reached the target: B_noise = B_simple assumed (uncalibrated)")
-             + f", so B_crit = {p['b_crit']:.4g} and S_min = {p['s_min']:.0f} steps.", "",
+             f"{_f(n['b_simple_at_target_ema'], '.4g')}) — and trained "
+             + (", ".join(f"batch {a['batch_size']} from scratch ({_f(a['steps_to_target'], '.0f')} steps to the "
+                          f"target, lr {_f(a['best_lr'], '.3g')})" for a in p["anchors"]) or "no large batch")
+             + ": "
+             + (f"B_noise = {p['kappa']:.2f} × B_simple makes the noise-scale sum meet "
+                + ("it" if len(p["anchors"]) == 1 else f"them (rms log error {_f(p['kappa_rms_log_error'], '.2f')})")
+                if p["kappa_calibrated"] else "it did not reach the target, so B_noise = B_simple is assumed (uncalibrated)")
+             + f". So B_crit = {p['b_crit']:.4g} and S_min = {p['s_min']:.0f} steps.", "",
              "| batch size | predicted steps | step time ms | time to target s | predicted lr | rule's lr | under the rule |",
              "|---:|---:|---:|---:|---:|---:|:---|"]
     for e in p["per_batch"]:

@@ -3,13 +3,16 @@
 On the real world size and engine, within sweep.probe_max_samples training samples:
 1. times every candidate batch size (ddtrain.sweep.timing: t(B) with communication; out-of-memory points);
 2. scans the learning rate at a small batch b0 (factors of 2 around the lr_scaling rule, pruned, to the
-   target), and reads the best run's noise scale along the way: how B_simple grows as the loss falls;
-3. reruns that best run and keeps checkpoints at half its steps to target and at the target;
-4. branches from the checkpoint at a few larger batch sizes (a small learning-rate search each) and
-   counts their steps to the target, which calibrates B_noise = kappa B_simple (ddtrain.sweep.predict);
-5. predicts steps to target S(B), time T(B) = S(B) t(B), the sweet spot, the learning rate per batch
-   size and which batch sizes fail under the lr_scaling rule: prediction.json, prediction.png, report.md.
-Every rank takes the same decisions from agreed numbers (steps to target, statuses, rank 0's files).
+   target) and reads the best run's gradient noise scale along the way: how B_simple grows as the loss falls;
+3. trains one (sweep.probe_anchors) large batch from scratch to the target, about 8 x B_simple at the
+   target, with a small learning-rate search: its steps calibrate B_noise = kappa B_simple (ddtrain.sweep.predict)
+   and its best learning rate caps the linear rule from b0's;
+4. predicts steps to target S(B), time T(B) = S(B) t(B), the sweet spot, the learning rate per batch size
+   and which batch sizes fail under the lr_scaling rule: prediction.json, prediction.png, report.md.
+A first design calibrated kappa with short branches from a checkpoint of the small run instead; those
+branches ran faster than large batches do from scratch (the small batch's weights and momentum are easier
+to continue), and put B_crit at 2.3x the tuned knee on MNIST-1D (README). Every rank takes the same
+decisions from agreed numbers (steps to target, statuses, rank 0's files).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from ddtrain.sweep.points import budget_steps
 from ddtrain.sweep.runner import point_line, run_point, train_size
 
 log = logging.getLogger("ddtrain")
-KAPPA_GUESS = 2.0  # for the branches' first learning rate only; kappa itself is measured
-BRANCH_AT = 0.5  # the checkpoint: this share of the small run's steps to target
+KAPPA_GUESS = 2.0  # for the anchors' first learning rate only; kappa itself is measured
+ANCHOR_AT = 8.0  # the first anchor: about this multiple of B_simple at the target
 
 
 class Budget:
@@ -44,27 +47,12 @@ class Budget:
         return min(cap, left) if cap else left
 
 
-def read_train_records(run_dir: Path, engine) -> list[dict]:
-    """The training lines of a run's metrics.jsonl, read on rank 0 and broadcast (every rank decides alike)."""
+def read_records(run_dir: Path, engine) -> list[dict]:
+    """The lines of a run's metrics.jsonl, read on rank 0 and broadcast (every rank decides alike)."""
     records = None
     if engine.is_main:
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-        records = [r for r in map(json.loads, lines) if "noise_steps" in r or "samples_per_s" in r]
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return engine.broadcast_object(records)
-
-
-def load_branch_state(path: Path):
-    """before_fit for a branch: the checkpoint's weights and momentum, keeping this run's learning rate."""
-    def before_fit(trainer, batches):
-        import torch
-
-        state = torch.load(path, map_location=trainer.engine.device, weights_only=True)
-        trainer.engine.unwrap(trainer.step.model).load_state_dict(state["model"])
-        optimizer = trainer.step.optimizer
-        mine = optimizer.state_dict()
-        mine["state"] = state["optimizer"]["state"]  # momentum buffers; param_groups (the LR) stay this run's
-        optimizer.load_state_dict(mine)
-    return before_fit
 
 
 class Probe:
@@ -120,42 +108,26 @@ class Probe:
 
         rule = scaled_lr(self.cfg.train.lr, b0, self.cfg.train.base_batch_size, self.sc.lr_scaling)
 
+        def keep_last_step(point):  # a checkpoint where the run stops: at the target for the runs that reach it
+            point.checkpoint.every_steps, point.checkpoint.keep_last = 10**9, 1
+
         def one(lr, cap):
-            return self.trial(f"probe_scan_bs{b0}_lr{lr:.5g}", b0, cap, lr_factor=lr / rule)
+            return self.trial(f"probe_scan_bs{b0}_lr{lr:.5g}", b0, cap, lr_factor=lr / rule, edit=keep_last_step)
 
         return {**self.search(predict.lr_plan(rule), one), "rule_lr": rule}
 
-    def checkpoint(self, b0: int, lr: float, rule_lr: float, t0: int, s0: int) -> Path | None:
-        """Step 3: the best scan run again (same seed: same trajectory) with checkpoints at t0 and at the target.
-
-        The branches start from t0's; the one at the target lets a user (or the analytic check of the
-        benchmarks) compute the noise scale there exactly.
-        """
-        from ddtrain.fileio import checkpoint_name
-
-        name = f"probe_checkpoint_bs{b0}"
-
-        def edit(point):
-            point.checkpoint.every_steps, point.checkpoint.keep_last = t0, 3
-
-        self.trial(name, b0, s0, lr_factor=lr / rule_lr, edit=edit)
-        path = self.out / name / "checkpoints" / checkpoint_name(t0)
-        return path if self.engine.broadcast_object(path.is_file() if self.engine.is_main else None) else None
-
-    def branch(self, batch_size: int, lr_guess: float, cap: int, checkpoint: Path) -> dict:
-        """Step 4: from the checkpoint at batch_size, constant learning rate, steps to the target (a small search)."""
+    def anchor(self, batch_size: int, first: list[float], cap: int) -> dict:
+        """Step 3: one batch size from scratch to the target at constant learning rates (a small pruned search)."""
         def one(lr, prune):
             def edit(point):
                 tc = point.train
                 tc.lr, tc.lr_scaling, tc.base_batch_size = lr, "none", batch_size
                 tc.max_steps, tc.noise_scale = cap, False
-                tc.eval_every = max(1, cap // (2 * self.sc.tune_evals))
-                point.schedule.name, point.schedule.warmup_epochs = "constant", 0.0
+                tc.eval_every = max(1, cap // self.sc.tune_evals)
 
-            return self.trial(f"probe_branch_bs{batch_size}_lr{lr:.5g}", batch_size, prune or cap, edit=edit,
-                              before_fit=load_branch_state(checkpoint))
+            return self.trial(f"probe_anchor_bs{batch_size}_lr{lr:.5g}", batch_size, prune or cap, edit=edit)
 
-        return self.search(predict.lr_plan(lr_guess), one)
+        return {"batch_size": batch_size, **self.search(first, one)}
 
     def run(self) -> dict:
         """All five steps; returns what prediction.assemble needs."""
@@ -164,7 +136,7 @@ class Probe:
 
         sc = self.sc
         sizes = sorted(dict.fromkeys(int(b) for b in sc.batch_sizes))
-        b0 = int(sc.probe_batch_size or sizes[0])
+        b0 = int(sc.probe_batch_size or (sizes[1] if len(sizes) > 1 else sizes[0]))
         timing = run_timing(self.cfg, self.session, sizes, max(1, sc.timing_rounds), sc.timing_steps,
                             sc.warmup_steps, self.out)
         self.budget.spent += sum(e["samples"] for e in timing["batch_sizes"].values())
@@ -174,30 +146,28 @@ class Probe:
                             f"within sweep.budget={sc.budget} (or sweep.probe_max_samples); give them more, "
                             "lower sweep.target or choose another sweep.probe_batch_size")
         s0 = int(scan["steps"])
-        records = read_train_records(self.out / f"probe_scan_bs{b0}_lr{scan['lr']:.5g}", self.engine)
+        records = read_records(self.out / f"probe_scan_bs{b0}_lr{scan['lr']:.5g}", self.engine)
         windows = predict.noise_windows(records, max(1, s0 // 10))
         fit = predict.growth_fit(windows)
         if fit is None:
             raise UserError("the probe measured no usable gradient noise scale (it needs the engine to show each "
                             "rank's gradient: dist.engine=ddp without compression or mpi, or one rank with accumulation)")
-        loss_at_target = [r["loss"] for r in records if r.get("loss") and r["step"] <= s0][-1]
+        loss_at_target = [r["loss"] for r in records if "noise_steps" in r and r["step"] <= s0][-1]
         b_target = predict.b_simple_at(fit, loss_at_target)
-        t0 = max(1, round(BRANCH_AT * s0))
-        parts, segment = predict.intervals(records, fit, s0), predict.intervals(records, fit, s0, start=t0)
+        parts = predict.intervals(records, fit, s0)
         fitting = [b for b in sizes if b > b0 and timing["batch_sizes"].get(str(b), {}).get("status") == "ok"]
-        picks = branch_sizes(fitting, b_target, sc.probe_branches)
-        checkpoint = self.checkpoint(b0, scan["lr"], scan["rule_lr"], t0, s0) if picks else None
-        branches = {}
-        for b in picks if checkpoint is not None else []:
-            guess = predict.best_lr(scan["lr"], b0, predict.knee_from(segment, KAPPA_GUESS, b0)[1], b)
-            branches[b] = self.branch(b, guess, s0 - t0, checkpoint)
-        measured = {b: r["steps"] for b, r in branches.items() if r["steps"]}
-        kappa = predict.fit_kappa(segment, b0, measured)
+        anchors = []
+        for b in anchor_sizes(fitting, b_target, sc.probe_anchors):
+            # first guess: McCandlish's best learning rate with B_noise = KAPPA_GUESS x B_simple
+            guess = predict.best_lr(scan["lr"], b0, predict.knee_from(parts, KAPPA_GUESS, b0)[1], b)
+            cap = budget_steps(sc.budget, b, self.n_train, sc.min_steps)
+            anchors.append(self.anchor(b, predict.lr_plan(guess), cap))
+        kappa = predict.fit_kappa(parts, b0, {a["batch_size"]: a["steps"] for a in anchors if a["steps"]})
         budgets = {b: budget_steps(sc.budget, b, self.n_train, sc.min_steps) for b in sizes}
         return {"b0": b0, "sizes": sizes, "timing": timing, "scan": scan, "s0": s0, "windows": windows, "fit": fit,
-                "loss_at_target": loss_at_target, "b_simple_at_target": b_target, "t0": t0, "parts": parts,
-                "segment": segment, "branches": branches, "measured_segments": measured, "kappa": kappa,
-                "budgets": budgets, "rows": self.rows, "ema_at_target": _ema_at_target(self.rows, scan["lr"], b0)}
+                "loss_at_target": loss_at_target, "b_simple_at_target": b_target, "parts": parts,
+                "anchors": anchors, "kappa": kappa, "budgets": budgets, "rows": self.rows,
+                "ema_at_target": _ema_at_target(self.rows, scan["lr"], b0)}
 
 
 def _ema_at_target(rows, lr: float, b0: int) -> float | None:
@@ -208,16 +178,20 @@ def _ema_at_target(rows, lr: float, b0: int) -> float | None:
     return None
 
 
-def branch_sizes(candidates: list[int], b_simple: float, count: int) -> list[int]:
-    """Up to `count` distinct candidate batch sizes nearest (in log) to 2, 8, 32, ... times B_simple at the target."""
+def anchor_sizes(candidates: list[int], b_simple: float, count: int) -> list[int]:
+    """Up to `count` distinct candidates nearest (in log) to 8, 2, 1/2, ... times B_simple at the target.
+
+    The first anchor sits well past the knee, where steps approach S_min, so it pins the flat end of
+    the curve that the small run (the steep end) cannot show.
+    """
     picks: list[int] = []
     for k in range(count):
         left = [b for b in candidates if b not in picks]
         if not left:
             break
-        aim = 2.0 * 4.0 ** k * b_simple
-        picks.append(min(left, key=lambda b: (abs(math.log(b / aim)), b)))
-    return sorted(picks)
+        aim = ANCHOR_AT / 4.0 ** k * b_simple
+        picks.append(min(left, key=lambda b: (abs(math.log(b / aim)), -b)))
+    return picks
 
 
 def run_prediction(cfg, session) -> dict:

@@ -82,7 +82,7 @@ def test_tuned_sweep_resumes_with_the_finished_trials(tuned_sweep, tmp_path, mni
 def test_probe_predicts_and_compares(tuned_sweep, tmp_path, mnist1d_cache):
     measured, _ = tuned_sweep
     d = tmp_path / "probe"
-    code, out, err = sweep(TINY + ["sweep.mode=predict", "sweep.probe_branches=1", "sweep.probe_max_samples=60000",
+    code, out, err = sweep(TINY + ["sweep.mode=predict", "sweep.probe_batch_size=32", "sweep.probe_max_samples=60000",
                                    f"sweep.compare_to={measured}"], d, mnist1d_cache)
     assert code == 0, err + out
     p = json.loads((d / "prediction.json").read_text())
@@ -90,11 +90,12 @@ def test_probe_predicts_and_compares(tuned_sweep, tmp_path, mnist1d_cache):
     assert p["cost"]["samples"] <= 60000 and p["cost"]["cpu_rank_s"] > 0  # the stated budget holds
     assert p["scan"]["steps_to_target"] > 0 and p["scan"]["best_lr"] in [float(k) for k in p["scan"]["tried"]]
     assert p["noise"]["b_simple_at_target"] > 0 and p["noise"]["windows"]
-    assert p["branch_point_step"] == round(p["scan"]["steps_to_target"] / 2)
+    assert [a["batch_size"] for a in p["anchors"]] == [128]  # the one larger batch, from scratch to the target
     assert [e["batch_size"] for e in p["per_batch"]] == [32, 128]
-    small = p["per_batch"][0]
+    small, large = p["per_batch"]
     assert small["steps_to_target"] == pytest.approx(p["scan"]["steps_to_target"])  # b0 predicts itself
-    assert small["lr"] == pytest.approx(p["scan"]["best_lr"])
+    if p["kappa_calibrated"]:  # kappa makes the noise-scale sum meet the anchor
+        assert large["steps_to_target"] == pytest.approx(p["anchors"][0]["steps_to_target"], rel=1e-3)
     for e in p["per_batch"]:
         assert e["time_to_target_s"][1] <= e["time_to_target_s"][0] <= e["time_to_target_s"][2]
         assert e["time_to_target_s"][0] == pytest.approx(e["steps_to_target"] * e["step_time_s"][0])
@@ -127,6 +128,7 @@ def test_tuned_trial_config_and_budget_in_steps():
     (["sweep.compare_to=/tmp/x"], "sweep.compare_to"),
     (["sweep.mode=predict", "sweep.budget=time_s:10"], "sweep.mode=predict"),
     (["sweep.mode=predict", "sweep.probe_batch_size=30"], "sweep.batch_sizes"),
+    (["sweep.probe_anchors=-1"], "sweep.probe_anchors"),
     (["sweep.tune_warmup_epochs=[-1]"], "sweep.tune_warmup_epochs"),
 ])
 def test_bad_science_keys(overrides, key):

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from ddtrain.sweep import predict, timing
-from ddtrain.sweep.probe import Budget, branch_sizes
+from ddtrain.sweep.probe import Budget, anchor_sizes
 
 
 def test_noise_windows_pool_sums_before_dividing():
@@ -63,6 +63,14 @@ def test_kappa_is_recovered_from_branches():
     assert predict.fit_kappa(segment, 16, {16: 60, 8: 120}) is None
 
 
+def test_learning_rate_from_anchors():
+    # linear from (32, 0.05) until it meets the anchor's 0.2: 0.1 at 64, 0.2 at 128, 0.2 beyond
+    got = [predict.lr_from_anchors(32, 0.05, (2048, 0.2), 100, b) for b in (16, 64, 128, 512, 4096)]
+    assert got == pytest.approx([0.025, 0.1, 0.2, 0.2, 0.2])
+    # no anchor: McCandlish's form through b0's best
+    assert predict.lr_from_anchors(10, 0.1, None, 100, 100) == pytest.approx(0.55)
+
+
 def test_learning_rate_and_failure_under_the_rule():
     assert predict.best_lr(0.1, 32, 256, 32) == pytest.approx(0.1)
     assert predict.best_lr(0.1, 32, 256, 256) == pytest.approx(0.1 * 9 / 2)
@@ -82,14 +90,16 @@ def test_next_learning_rate_walks_to_a_bracket():
     assert predict.next_lr({0.1: 300, 0.05: 200, 0.2: None}) == 0.025       # best at the bottom: go down
     assert predict.next_lr({0.1: 300, 0.05: 400, 0.2: "diverged"}) is None  # bracketed
     assert predict.next_lr({0.1: "diverged", 0.2: "diverged"}) == 0.05      # all blew up
+    assert predict.next_lr({0.1: None, 0.2: "diverged"}) == 0.05            # unstable or slow: lower first
     assert predict.next_lr({0.1: None, 0.05: None}) == 0.2                  # all too slow
     assert predict.next_lr({0.1: 1, 0.05: 2, 0.2: 3, 0.4: 4, 0.8: 5}) is None  # the limit
 
 
-def test_branch_sizes_and_budget():
-    assert branch_sizes([64, 128, 256, 512, 1024], b_simple=30.0, count=2) == [64, 256]   # 2x and 8x B_simple
-    assert branch_sizes([64], 30.0, 3) == [64]
-    assert branch_sizes([], 30.0, 2) == []
+def test_anchor_sizes_and_budget():
+    # the first anchor near 8 x B_simple, the next near 2 x (ties: the larger)
+    assert anchor_sizes([64, 128, 256, 512, 1024], b_simple=30.0, count=2) == [256, 64]
+    assert anchor_sizes([64, 128, 256], b_simple=100.0, count=1) == [256]  # as far out as the candidates go
+    assert anchor_sizes([], 30.0, 2) == []
     budget = Budget(1000)
     assert budget.cap(100, 0) == 10 and budget.cap(100, 4) == 4
     budget.spent = 950
