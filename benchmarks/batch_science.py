@@ -4,8 +4,8 @@
                                        [--work /tmp/batch-science] [--results results/batch-science]
 
 For each workload: the tuned sweep (ddtrain-sweep experiment=<its config>, resumed when its directory
-exists), then the probe, unchanged across workloads (sweep.mode=predict with sweep.timing_rounds=2
-sweep.timing_steps=10, compared with the tuned sweep through sweep.compare_to). For the teacher-student
+exists), then the probe, unchanged across workloads (sweep.mode=predict with 2 timing rounds of 5 steps,
+compared with the tuned sweep through sweep.compare_to). For the teacher-student
 workload, B_simple is also computed exactly where the probe's small run reached the target
 (benchmarks/exact_noise.py, from that run's checkpoint).
 The artefacts (sweep.json/csv, timing.json, report.md, sweep.png, prediction.json, prediction.png) are
@@ -29,7 +29,8 @@ WORKLOADS = {
     "teacher_student": "teacher_student_tuned_cpu",
     "mnist1d_mlp": "mnist1d_mlp_tuned_cpu",
 }
-PROBE = ["sweep.mode=predict", "sweep.timing_rounds=2", "sweep.timing_steps=10"]  # the same for every workload
+# the same for every workload: 2 timing rounds of 5 steps after 2 warm-up steps
+PROBE = ["sweep.mode=predict", "sweep.timing_rounds=2", "sweep.timing_steps=5", "sweep.warmup_steps=2"]
 TEACHER = ["dataset=synthetic", "dataset.shape=[16]", "dataset.num_classes=8", "dataset.num_samples=20000",
            "dataset.num_test_samples=2000"]
 
@@ -63,17 +64,42 @@ def exact_check(probe_dir: Path, prediction: dict) -> dict:
     return out
 
 
-def summary_row(name: str, prediction: dict, exact: dict | None) -> dict:
+def truth(tuned: Path) -> dict:
+    """The tuned sweep's figures the README shows: per batch size, the knee, the sweet spot and the cost."""
+    from ddtrain.sweep import report, timing, trials
+    from ddtrain.sweep.table import by_batch
+
+    rows, timed = report.read_rows(tuned), timing.read_timing(tuned)
+    steps, times = report.steps_by_batch(rows), report.times(rows, timed)
+    per_batch = []
+    for b, group in by_batch(rows).items():
+        best, rule = trials.best_trial(group), trials.rule_rows(group)
+        s = steps.get(float(b))
+        per_batch.append({
+            "batch_size": b, "best_lr": best and best["lr"], "best_factor": best and best["lr_factor"],
+            "trials": trials.trial_counts(group), "steps": s and [sum(s) / len(s), min(s), max(s)],
+            "rule_lr": rule[0]["lr"] if rule else None,
+            "rule_steps": rule[0]["steps_to_target"] if rule and trials.reached(rule[0]) else None,
+            "rule_status": rule[0]["status"] if rule else None, "time_s": times.get(float(b))})
+    spot = report.sweet_spot(rows, timed)
+    return {"per_batch": per_batch, "knee": report.knee_interval(rows), "b_simple_at_target": report.noise_at_target(rows),
+            "sweet_spot": spot and {"batch_size": spot["batch_size"], "tied": spot["tied"]},
+            "cost": report.cost(rows, timed), "seeds": len({r["seed"] for r in rows})}
+
+
+def summary_row(name: str, tuned: Path, prediction: dict, exact: dict | None) -> dict:
     c = prediction["comparison"]
-    return {"workload": name, "title": prediction["title"],
+    return {"workload": name, "title": prediction["title"], "target": prediction["target"],
             "steps_median_abs_error": c["steps_median_abs_error"], "steps_compared": c["steps_compared"],
             "sweet_spot_predicted": c["sweet_spot_predicted"], "sweet_spot_measured": c["sweet_spot_measured"],
             "b_crit_predicted": c["b_crit_predicted"], "b_crit_measured": c["b_crit_measured"],
             "b_crit_measured_interval": c["b_crit_measured_interval"], "b_crit_ratio": c["b_crit_ratio"],
             "kappa": prediction["kappa"], "b_simple_at_target": prediction["noise"]["b_simple_at_target"],
-            "rule_fails_agree": f"{c['rule_fails_agree']}/{c['rule_fails_compared']}",
-            "cost_ratio": c["cost_ratio"], "probe_cost": prediction["cost"], "sweep_cost": c["measured_cost"],
-            "exact_b_simple": exact}
+            "growth_exponent": prediction["noise"]["growth_fit"]["exponent"],
+            "probe_batch_size": prediction["probe_batch_size"], "anchors": prediction["anchors"],
+            "rule_fails_agree": c["rule_fails_agree"], "rule_fails_compared": c["rule_fails_compared"],
+            "per_batch": c["per_batch"], "cost_ratio": c["cost_ratio"], "probe_cost": prediction["cost"],
+            "sweep_cost": c["measured_cost"], "truth": truth(tuned), "exact_b_simple": exact}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -84,10 +110,11 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lo, hi = r["b_crit_measured_interval"] or (None, None)
         cr = r["cost_ratio"]
-        lines.append(f"| {r['workload']} | {f(r['steps_median_abs_error'] and 100 * r['steps_median_abs_error'], '.0f')}% "
-                     f"({r['steps_compared']} batch sizes) | {r['sweet_spot_predicted']} / {f(r['sweet_spot_measured'], 'g')} | "
+        err = r["steps_median_abs_error"]
+        lines.append(f"| {r['workload']} | {f(err and 100 * err, '.0f')}% ({r['steps_compared']} batch sizes) | "
+                     f"{r['sweet_spot_predicted']} / {f(r['sweet_spot_measured'], 'g')} | "
                      f"{r['b_crit_predicted']:.0f} / {f(r['b_crit_measured'], '.0f')} ({f(lo, '.0f')}–{f(hi, '.0f')}) | "
-                     f"{r['kappa']:.2f} | {r['rule_fails_agree']} | "
+                     f"{r['kappa']:.2f} | {r['rule_fails_agree']}/{r['rule_fails_compared']} | "
                      f"{f(cr['samples'], '.1%')}, {f(cr['cpu_rank_s'], '.1%')}, {f(cr['wall_rank_s'], '.1%')} |")
     return "\n".join(lines) + "\n"
 
@@ -97,26 +124,40 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/batch-science"))
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "batch-science")
+    parser.add_argument("--no-run", action="store_true", help="only copy the artefacts and write the summary")
+    parser.add_argument("--probe-runs", type=int, default=1,
+                        help="run the probe this many times (probe, probe-2, ...): its run-to-run spread")
+    parser.add_argument("--reuse-probes", action="store_true", help="keep probe directories that have a prediction")
     args = parser.parse_args()
     cache = args.work / "cache"
     rows = []
     for name in args.workloads.split(","):
-        tuned, probe = args.work / name / "tuned", args.work / name / "probe"
-        sweep([f"experiment={WORKLOADS[name]}", f"hydra.run.dir={tuned}"], cache)
-        if probe.exists():
-            shutil.rmtree(probe)  # the probe starts afresh (its cost is part of the figure)
-        sweep([f"experiment={WORKLOADS[name]}", *PROBE, f"sweep.compare_to={tuned}", f"hydra.run.dir={probe}"], cache)
-        prediction = json.loads((probe / "prediction.json").read_text())
-        exact = exact_check(probe, prediction) if name == "teacher_student" else None
+        tuned = args.work / name / "tuned"
+        probes = [args.work / name / ("probe" if k == 0 else f"probe-{k + 1}") for k in range(args.probe_runs)]
+        if not args.no_run:
+            sweep([f"experiment={WORKLOADS[name]}", f"hydra.run.dir={tuned}"], cache)
+        for probe in probes:
+            if args.no_run or (args.reuse_probes and (probe / "prediction.json").is_file()):
+                continue
+            if probe.exists():
+                shutil.rmtree(probe)  # the probe starts afresh (its cost is part of the figure)
+            sweep([f"experiment={WORKLOADS[name]}", *PROBE, f"sweep.compare_to={tuned}", f"hydra.run.dir={probe}"],
+                  cache)
         out = args.results / name
         out.mkdir(parents=True, exist_ok=True)
         for f in ("sweep.json", "sweep.csv", "timing.json", "report.md", "sweep.png"):
             shutil.copy(tuned / f, out / f)
-        for f in ("prediction.json", "prediction.png"):
-            shutil.copy(probe / f, out / f)
-        shutil.copy(probe / "report.md", out / "prediction.md")
-        rows.append(summary_row(name, prediction, exact))
-        print(markdown(rows[-1:]), flush=True)
+        for k, probe in enumerate(probes):
+            if not (probe / "prediction.json").is_file():
+                continue
+            suffix = "" if k == 0 else f"-{k + 1}"
+            prediction = json.loads((probe / "prediction.json").read_text())
+            exact = exact_check(probe, prediction) if name == "teacher_student" else None
+            for f in ("prediction.json", "prediction.png"):
+                shutil.copy(probe / f, out / f.replace(".", f"{suffix}.", 1))
+            shutil.copy(probe / "report.md", out / f"prediction{suffix}.md")
+            rows.append({**summary_row(name, tuned, prediction, exact), "probe_run": k + 1})
+            print(markdown(rows[-1:]), flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (args.results / "summary.md").write_text(markdown(rows))

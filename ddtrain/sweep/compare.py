@@ -103,11 +103,13 @@ def report_lines(c: dict) -> list[str]:
               f"- **Steps to target:** median absolute error {_pct(c['steps_median_abs_error'])} over the "
               f"{c['steps_compared']} batch sizes that reached the target.",
               f"- **Sweet spot:** predicted {c['sweet_spot_predicted']}, measured {c['sweet_spot_measured']}"
-              + (f" ({abs(c['sweet_spot_log2_ratio']):.0f} power(s) of two apart)." if c["sweet_spot_log2_ratio"] is not None else "."),
+              + (f" ({abs(c['sweet_spot_log2_ratio']):.0f} power(s) of two apart)."
+                 if c["sweet_spot_log2_ratio"] is not None else "."),
               f"- **B_crit:** predicted {c['b_crit_predicted']:.4g}, measured knee {f(c['b_crit_measured'], '.4g')}"
               + (f" (interval {f(interval[0], '.4g')}–{f(interval[1], '.4g')})" if interval[0] is not None else "")
               + (f": ratio {c['b_crit_ratio']:.2f}." if c["b_crit_ratio"] else "."),
-              f"- **Failure under the rule:** predicted right at {c['rule_fails_agree']} of {c['rule_fails_compared']} batch sizes.",
+              f"- **Failure under the rule:** predicted right at {c['rule_fails_agree']} of "
+              f"{c['rule_fails_compared']} batch sizes.",
               "- **Cost of the probe / the measured sweep:** "
               + ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in ratio.items() if v is not None) + ".", ""]
     return lines

@@ -76,6 +76,23 @@ def growth_fit(windows, skip_fraction: float = 0.2) -> tuple[float, float] | Non
     return my - slope * mx, -slope
 
 
+def loss_at(windows, step: float) -> float | None:
+    """The training loss at `step`, smoothed: a power law in steps fitted to the windows of the second half.
+
+    One logged interval's loss is a few minibatches' mean, and a window's lags behind its last step;
+    the fit through the late windows, read at the last step, is neither.
+    """
+    pts = [(math.log((w["start"] + w["end"]) / 2), math.log(w["loss"])) for w in windows
+           if w["loss"] > 0 and w["end"] > step / 2 and w["start"] + w["end"] > 0]
+    if len(pts) < 2:
+        return windows[-1]["loss"] if windows else None
+    mx = sum(x for x, _ in pts) / len(pts)
+    my = sum(y for _, y in pts) / len(pts)
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx > 0 else 0.0
+    return math.exp(my + slope * (math.log(step) - mx))
+
+
 def b_simple_at(fit: tuple[float, float], loss: float) -> float:
     """B_simple the growth fit gives at a training loss."""
     a, p = fit

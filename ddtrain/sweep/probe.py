@@ -152,7 +152,7 @@ class Probe:
         if fit is None:
             raise UserError("the probe measured no usable gradient noise scale (it needs the engine to show each "
                             "rank's gradient: dist.engine=ddp without compression or mpi, or one rank with accumulation)")
-        loss_at_target = [r["loss"] for r in records if "noise_steps" in r and r["step"] <= s0][-1]
+        loss_at_target = predict.loss_at(windows, s0)
         b_target = predict.b_simple_at(fit, loss_at_target)
         parts = predict.intervals(records, fit, s0)
         fitting = [b for b in sizes if b > b0 and timing["batch_sizes"].get(str(b), {}).get("status") == "ok"]

@@ -135,8 +135,11 @@ def _interval(t) -> str:
 
 def cost_line(c: dict) -> str:
     """One line of what a sweep or probe cost, in the units the issue compares (samples and rank-seconds)."""
-    return (f"{c['samples']:,} training samples processed, {c['cpu_rank_s']:,.0f} CPU rank-seconds, "
-            f"{c['wall_rank_s']:,.0f} wall rank-seconds ({c['points']} runs + {c['timing_runs']} timing runs)")
+    samples = "samples not recorded" if c["samples"] is None else f"{c['samples']:,} training samples processed"
+    cpu = "CPU time not recorded" if c["cpu_rank_s"] is None else f"{c['cpu_rank_s']:,.0f} CPU rank-seconds"
+    wall = (f"{c['wall_s']:,.0f} wall seconds" if c["wall_rank_s"] is None
+            else f"{c['wall_rank_s']:,.0f} wall rank-seconds")
+    return f"{samples}, {cpu}, {wall} ({c['points']} runs + {c['timing_runs']} timing runs)"
 
 
 def _table(rows, timing) -> list[str]:

@@ -27,7 +27,7 @@ log = logging.getLogger("ddtrain")
 ROW_FROM_SUMMARY = ("per_rank_batch_size", "grad_accum_steps", "lr", "samples_per_s", "step_time_ms_median",
                     "steps", "epochs", "steps_to_target", "epochs_to_target", "time_to_target_s",
                     "best_val_accuracy", "test_accuracy", "final_train_loss", "peak_memory_bytes", "noise_scale",
-                    "noise_scale_at_target", "status")
+                    "noise_scale_at_target", "status", "world_size")
 
 
 def cpu_seconds(engine) -> float:
@@ -85,7 +85,7 @@ def run_point(cfg, batch_size: int, seed: int, sweep_dir: Path, session, name: s
                 continue
             log.warning("%s: recorded as oom", exc)
             row = {**dict.fromkeys(ROW_FROM_SUMMARY), "final_val_accuracy": None, "per_rank_batch_size": per_rank,
-                   "grad_accum_steps": accum, "status": "oom",
+                   "grad_accum_steps": accum, "status": "oom", "world_size": d.world_size,
                    "lr": scaled_lr(cfg.train.lr * point_kw.get("lr_factor", 1.0), batch_size,
                                    cfg.train.base_batch_size, cfg.sweep.lr_scaling)}
             break

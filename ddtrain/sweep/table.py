@@ -19,7 +19,7 @@ COLUMNS = [
     "batch_size", "seed", "per_rank_batch_size", "grad_accum_steps", "lr", "lr_scaling", "samples_per_s",
     "step_time_ms_median", "steps", "epochs", "steps_to_target", "epochs_to_target", "time_to_target_s",
     "best_val_accuracy", "final_val_accuracy", "test_accuracy", "final_train_loss", "peak_memory_bytes",
-    "noise_scale", "noise_scale_at_target", "status", "wall_s", "samples", "cpu_s",
+    "noise_scale", "noise_scale_at_target", "status", "wall_s", "samples", "cpu_s", "world_size",
 ]
 TUNED_COLUMNS = ["trial", "role", "lr_factor", "warmup_epochs"]  # rows of a tuned sweep also have these
 
@@ -108,11 +108,18 @@ def read_rows(sweep_dir) -> list[dict]:
 
 
 def cost(rows, timing: dict | None = None, world_size: int | None = None) -> dict:
-    """What the sweep cost: training samples processed, CPU rank-seconds and wall rank-seconds (points + timing)."""
+    """What the sweep cost: training samples processed, CPU rank-seconds and wall rank-seconds (points + timing).
+
+    samples and cpu_rank_s are None for rows recorded before ddtrain counted them, wall_rank_s when the
+    world size is not known.
+    """
     entries = list((timing or {}).get("batch_sizes", {}).values())
-    ranks = world_size or (timing or {}).get("world_size") or 1
+    ranks = world_size or (timing or {}).get("world_size") or next((r["world_size"] for r in rows if r.get("world_size")),
+                                                                     None)
     samples = sum(int(num(r.get("samples")) or 0) for r in rows) + sum(int(e.get("samples", 0)) for e in entries)
     cpu = sum(num(r.get("cpu_s")) or 0.0 for r in rows) + sum(e.get("cpu_s", 0.0) for e in entries)
+    if not entries and not any("samples" in r for r in rows):  # rows of a sweep recorded before costs were
+        samples, cpu = None, None
     wall = sum(num(r.get("wall_s")) or 0.0 for r in rows) + sum(e.get("wall_s", 0.0) for e in entries)
-    return {"samples": samples, "cpu_rank_s": cpu, "wall_rank_s": wall * ranks, "wall_s": wall,
+    return {"samples": samples, "cpu_rank_s": cpu, "wall_rank_s": wall * ranks if ranks else None, "wall_s": wall,
             "points": len(rows), "timing_runs": sum(len(e.get("step_time_s", [])) for e in entries)}

@@ -31,6 +31,14 @@ def test_growth_fit_recovers_a_power_law():
     assert predict.growth_fit(windows[:1]) is None
 
 
+def test_loss_at_the_target_is_read_off_a_power_law_in_steps():
+    # loss = 3 * step^-0.5 exactly over windows of 10 steps (each window's loss taken at its middle)
+    windows = [{"start": s, "end": s + 10, "loss": 3 * (s + 5) ** -0.5} for s in range(0, 100, 10)]
+    assert predict.loss_at(windows, 100) == pytest.approx(0.3)
+    assert predict.loss_at(windows[-1:], 100) == windows[-1]["loss"]  # too few windows: the last one's
+    assert predict.loss_at([], 100) is None
+
+
 def test_intervals_cut_at_start_and_target():
     fit = (math.log(10.0), 0.0)  # B_simple = 10 whatever the loss
     recs = [{"step": s, "noise_steps": 10, "loss": 1.0} for s in (10, 20, 30, 40)]
