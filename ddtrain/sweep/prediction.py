@@ -12,6 +12,7 @@ from ddtrain.sweep.table import cost, write_text_atomic
 
 def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
     """prediction.json's content from Probe.run()'s measurements."""
+    from ddtrain.models import model_name
     from ddtrain.runtime.optim import scaled_lr
 
     b0, scan, parts = probe["b0"], probe["scan"], probe["parts"]
@@ -40,7 +41,7 @@ def assemble(probe: dict, cfg, world_size: int, engine: str) -> dict:
         per_batch.append(item)
     spot = timing_mod.fastest(times)
     return {
-        "title": f"{cfg.model.name} on {cfg.dataset.name}, {world_size} rank(s), engine {engine}",
+        "title": f"{model_name(cfg.model)} on {cfg.dataset.name}, {world_size} rank(s), engine {engine}",
         "target": cfg.sweep.target, "target_metric": cfg.sweep.target_metric, "world_size": world_size,
         "probe_batch_size": b0, "lr_scaling": cfg.sweep.lr_scaling,
         "scan": {"rule_lr": scan["rule_lr"], "best_lr": scan["lr"], "steps_to_target": probe["s0"],
@@ -77,12 +78,13 @@ def _f(x, spec=".3g") -> str:
 
 def report_lines(p: dict) -> list[str]:
     """The probe's paragraph and table for report.md."""
-    from ddtrain.sweep.report import cost_line
+    from ddtrain.sweep.report import cost_line, reach
 
     n = p["noise"]
     spot = p["sweet_spot"]
     lines = [f"# Probe prediction: {p['title']}", "",
-             f"Target: {p['target_metric']} ≥ {p['target']:g}. The probe timed every batch size, searched the "
+             f"Target: {p['target_metric']} {reach(p['target_metric'])} {p['target']:g}. The probe timed every batch size, "
+             "searched the "
              f"learning rate at batch {p['probe_batch_size']} (best {p['scan']['best_lr']:.4g}, rule "
              f"{p['scan']['rule_lr']:.4g}; {p['scan']['steps_to_target']} steps to the target), measured the gradient "
              f"noise scale along that run — B_simple grows as loss^-{n['growth_fit']['exponent']:.2f} and is "

@@ -132,6 +132,7 @@ class Probe:
     def run(self) -> dict:
         """All five steps; returns what prediction.assemble needs."""
         from ddtrain.errors import UserError
+        from ddtrain.sweep.report import reach
         from ddtrain.sweep.timing import run_timing
 
         sc = self.sc
@@ -142,7 +143,8 @@ class Probe:
         self.budget.spent += sum(e["samples"] for e in timing["batch_sizes"].values())
         scan = self.scan(b0)
         if scan["lr"] is None:
-            raise UserError(f"the probe's runs at batch {b0} did not reach {sc.target_metric} >= {sc.target:g} "
+            raise UserError(f"the probe's runs at batch {b0} did not reach {sc.target_metric} {reach(sc.target_metric)} "
+                            f"{sc.target:g} "
                             f"within sweep.budget={sc.budget} (or sweep.probe_max_samples); give them more, "
                             "lower sweep.target or choose another sweep.probe_batch_size")
         s0 = int(scan["steps"])
