@@ -26,6 +26,7 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+import figure_batch_science as fb  # noqa: E402
 import figure_tables as ft  # noqa: E402
 
 
@@ -47,6 +48,9 @@ FIGURES = {
     "gpu-check": Figure("gpu-check-H200-2026-11-26.json", ft.gpu_check, ft.gpu_check_quotes),
     "inference": Figure("inference-resnet18-cpu/inference.json", ft.inference, ft.inference_quotes),
     "disk-data": Figure("disk-data-cpu.json", ft.disk_data),
+    "batch-science-truth": Figure("batch-science/summary.json", fb.tuned_truth, fb.quotes),
+    "batch-science-probe": Figure("batch-science/summary.json", fb.probe_against_truth),
+    "batch-science-summary": Figure("batch-science/summary.json", fb.summary_table),
 }
 
 OPENING = re.compile(r"^<!-- figures:(?P<name>[\w.-]+) [^\n]*-->[ \t]*$", re.M)

@@ -218,6 +218,10 @@ class TrainConfig:
     """Measure the gradient noise scale B_simple (McCandlish et al. 2018); cheap, no extra host syncs."""
     stop_on_nan: bool = False
     """A rank whose own loss is NaN/inf fails at once and all ranks stop with its message (one host sync per micro-batch); false: all ranks stop together, status diverged, at the next logged step."""
+    stop_at_target: bool = False
+    """End the run at the evaluation that first reaches target_accuracy (the schedule keeps its full length)."""
+    stop_after_steps: int = 0
+    """End the run after this many steps without shortening the schedule (it still spans the whole run); 0: no limit."""
 
 
 @dataclass
@@ -287,7 +291,35 @@ class SweepConfig:
     auto_accumulate: bool = False
     """When a per-rank batch does not fit in memory, keep the global batch with more accumulation micro-steps."""
     evals_per_epoch: int = 4
-    """Validation passes per epoch of samples (the resolution of steps_to_target)."""
+    """Validation passes per epoch of samples (the resolution of steps_to_target); tuned trials use tune_evals."""
+    min_steps: int = 0
+    """Every point trains at least this many steps (an epochs or samples budget gives large batches few steps)."""
+    timing_rounds: int = 3
+    """Rounds of the timing pass: each round times every batch size once, in turn, so load drift hits all alike; 0: no pass."""
+    timing_steps: int = 20
+    """Timed steps per batch size and round (after warmup_steps); time to target = steps to target x step time."""
+    mode: str = "measure"
+    """measure (train every point towards the target) | predict (the short probe: prediction.json, prediction.png)."""
+    tune: bool = False
+    """measure: per batch size, search the learning rate (tune_lrs values); steps to target = min over trials."""
+    tune_lrs: int = 7
+    """tune: learning rates tried per batch size, log-spaced around the lr_scaling rule's value (an odd count includes it)."""
+    tune_lr_span: float = 100.0
+    """tune: ratio of the largest to the smallest learning rate tried (100: a decade either side of the rule's value)."""
+    tune_warmup_epochs: List[float] = field(default_factory=list)
+    """tune: schedule.warmup_epochs values tried with every learning rate besides the schedule's own."""
+    tune_extend: int = 3
+    """tune: learning rates added beyond the grid (one grid step each) while the best trial sits on its edge."""
+    tune_evals: int = 100
+    """tune and predict: validations per point's budget (eval every budget/tune_evals steps): steps-to-target resolution."""
+    probe_batch_size: int = 0
+    """predict: the small batch of the probe's learning-rate scan and noise-scale run; 0: the second-smallest of batch_sizes."""
+    probe_anchors: int = 1
+    """predict: large batch sizes trained from scratch to the target (8x, 2x, ... B_simple) that calibrate B_noise against B_simple."""
+    probe_max_samples: float = 0.0
+    """predict: training samples the whole probe may process (runs stop when it is spent); 0: no limit."""
+    compare_to: str = ""
+    """predict: a measured (tuned) sweep directory; the prediction is overlaid on it and the errors printed."""
 
 
 @dataclass
@@ -404,7 +436,7 @@ def validate(cfg, world_size: int) -> None:
     if not 0.0 <= cfg.dataset.val_fraction < 1.0:
         raise UserError(f"dataset.val_fraction={cfg.dataset.val_fraction} must be in [0, 1)")
     for key in ("train.grad_clip", "train.eval_every", "train.throughput_warmup_steps", "dataset.num_workers",
-                "checkpoint.every_steps", "schedule.warmup_epochs"):
+                "checkpoint.every_steps", "schedule.warmup_epochs", "train.stop_after_steps"):
         section, name = key.split(".")
         if getattr(cfg[section], name) < 0:
             raise UserError(f"{key}={getattr(cfg[section], name)} must not be negative")

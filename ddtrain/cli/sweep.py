@@ -12,8 +12,10 @@ register_configs()
 
 
 def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
-    """Run the missing points in the session (started by the first job, closed after the last); returns the rows."""
+    """Run the missing points (or the probe) in the session (started by the first job, closed after the last);
+    returns the rows."""
     from ddtrain.cli import jobs
+    from ddtrain.sweep.probe import run_prediction
     from ddtrain.sweep.runner import run_sweep, validate_sweep
 
     def check(world_size: int) -> None:
@@ -23,7 +25,7 @@ def sweep(cfg: DictConfig, sweep_dir: str) -> list[dict]:
     session = jobs.session(cfg, sweep_dir, check=check,
                            note="finished points are kept in {run_dir}/sweep.csv; run the same command with "
                                 "hydra.run.dir={run_dir} to train only the missing ones")
-    rows = run_sweep(cfg, session)
+    rows = run_prediction(cfg, session) if cfg.sweep.mode == "predict" else run_sweep(cfg, session)
     if session.engine.is_main:
         print((session.run_dir / "report.md").read_text(), flush=True)
     return rows

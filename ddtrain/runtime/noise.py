@@ -116,6 +116,7 @@ class GradientNoiseMeter:
                             else plan.global_batch_size / plan.grad_accum_steps)
         self.available = plan.world_size > 1 or plan.grad_accum_steps >= 2
         self.estimator = NoiseScale(beta)
+        self.last_interval: dict = {}  # the last read's own estimates, before the moving averages
 
     @staticmethod
     def grad_sq(params):
@@ -148,7 +149,11 @@ class GradientNoiseMeter:
         self.sums.zero_()
         if steps > 0:
             inv = 1.0 / (loss_scale * loss_scale)
-            self.estimator.update(small * inv / steps, big * inv / steps, self.small_batch, self.big_batch)
+            small, big = small * inv / steps, big * inv / steps
+            self.estimator.update(small, big, self.small_batch, self.big_batch)
+            grad_sq, trace_sigma = gradient_stats(small, big, self.small_batch, self.big_batch)
+            self.last_interval = {"noise_grad_sq": grad_sq, "noise_trace_sigma": trace_sigma,
+                                  "noise_steps": round(steps / engine.world_size)}  # every rank counted the steps
         return self.estimator.b_simple
 
     def state_dict(self) -> dict:

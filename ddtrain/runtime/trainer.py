@@ -29,6 +29,9 @@ class Trainer:
         self.total_steps = total_steps
         self.log_every = train_cfg.log_every
         self.time_budget_s = train_cfg.time_budget_s
+        self.stop_at_target = train_cfg.stop_at_target
+        # stop_after_steps ends the loop early; the schedule was built for total_steps and keeps that length
+        self.end_step = min(total_steps, train_cfg.stop_after_steps or total_steps)
         self.progress = progress
         self.sink = None  # set by run() once the memory probe (sweeps) has passed
         self.status = "ok"
@@ -55,14 +58,14 @@ class Trainer:
         self.step.model.train()
         self.meter.restart(start_step)
         done = start_step
-        for step in range(start_step, self.total_steps):
+        for step in range(start_step, self.end_step):
             self.step(step, feed)
             done = step + 1
             self.meter.lap(done)
             bar.update(1)
             if vote.poll():  # some rank got SIGTERM/SIGUSR1: all stop here
                 self._preempted(done)
-            last = done == self.total_steps
+            last = done == self.end_step
             if (done % self.log_every == 0 or last or self.meter.due(done) or self.evaluator.due(done, last)
                     or self.checkpointer.due(done, last)) and not self._sync_point(done, last):
                 break
@@ -86,8 +89,12 @@ class Trainer:
             self.evaluator.validate(done, self.sink, self.meter.train_time_s)
             if self.evaluator.reached and not reached:
                 self.noise_scale_at_target = self.noise_scale
-        if self.checkpointer.due(done, last):
+        stop = self.stop_at_target and bool(self.evaluator.reached)
+        if self.checkpointer.due(done, last or stop):
             self.checkpointer.save(done, self.state_dict(done))
+        if stop:
+            log.info("target reached at step %d: stopping (train.stop_at_target)", done)
+            return False
         if self.time_budget_s and self._out_of_time():
             log.info("time budget of %.0f s spent at step %d", self.time_budget_s, done)
             return False
@@ -105,6 +112,7 @@ class Trainer:
             self.noise_scale = self.step.noise_scale()
             if self.noise_scale is not None:
                 record["noise_scale"] = self.noise_scale
+            record.update(self.step.noise.last_interval)  # this interval's own |G|^2 and tr(Sigma) estimates
         self.sink.log(done, record, "train")
         acc = {"acc": f"{train['accuracy']:.3f}"} if "accuracy" in train else {}
         self.bar.set_postfix(loss=f"{train['loss']:.4f}", **acc, samples_s=f"{samples_per_s:,.0f}", refresh=False)
@@ -153,6 +161,10 @@ class Trainer:
                  "global_batch_size": self.meter.global_batch_size}
         if s.noise is not None:
             state["noise_scale"] = s.noise.state_dict()
+        # so a resumed run still reports when the target was reached, and the noise scale there
+        state["evaluation"] = {"best_val_accuracy": self.evaluator.best_val_accuracy,
+                               "reached": dict(self.evaluator.reached),
+                               "noise_scale_at_target": self.noise_scale_at_target}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -164,3 +176,7 @@ class Trainer:
         s.scaler.load_state_dict(state["scaler"])
         if s.noise is not None and "noise_scale" in state:
             s.noise.load_state_dict(state["noise_scale"])
+        evaluation = state.get("evaluation") or {}
+        self.evaluator.best_val_accuracy = evaluation.get("best_val_accuracy")
+        self.evaluator.reached = dict(evaluation.get("reached") or {})
+        self.noise_scale_at_target = evaluation.get("noise_scale_at_target")
