@@ -103,6 +103,7 @@ def write_jpegs(out: Path, images: int, size: int, classes: int = 100) -> None:
     """out/{train,val}/<class>/<i>.JPEG: `images` training and images/10 validation JPEGs, in parallel."""
     from multiprocessing import Pool
 
+    classes = min(classes, images)  # every class has training images (validation classes must be among them)
     jobs = []
     for split, n in (("train", images), ("val", max(images // 10, classes))):
         for i in range(n):

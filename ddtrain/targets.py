@@ -11,6 +11,8 @@ loss is a classification loss (accuracy applies), are decided here too.
 
 from __future__ import annotations
 
+import difflib
+
 import importlib
 import inspect
 import os
@@ -133,8 +135,10 @@ def check_targets(cfg) -> None:
             continue
         extra = added_keys(node, section)
         if extra:
-            declared = ", ".join(f for f in TARGET_NODES[section].__dataclass_fields__ if f != "_target_")
-            raise UserError(f"{section}.{extra[0]} is not a key of the built-in {section} (its keys: {declared}); "
+            fields = [f for f in TARGET_NODES[section].__dataclass_fields__ if f != "_target_"]
+            near = difflib.get_close_matches(extra[0], fields, n=1)
+            hint = f"did you mean {section}.{near[0]}?" if near else f"its keys: {', '.join(fields)}"
+            raise UserError(f"{section}.{extra[0]} is not a key of the built-in {section} ({hint}); "
                             f"keys you add are passed to your own {section}._target_ only")
 
 
