@@ -287,6 +287,22 @@ def gpu_check_quotes(result: dict) -> list[str]:
     return quotes
 
 
+
+def image_folder_gpu(result: dict) -> str:
+    """gpu-check.sh step 4: training from a JPEG folder against synthetic data of the same shape, same run."""
+    f = result["image_folder"]
+    setting = (f"{SHORT_MODELS.get(f['model'], f['model'])}, batch {f['global_batch_size']}, {f['precision']}"
+               + (", channels_last" if f["channels_last"] else "") + f", one {result['gpu']}")
+    body = [["synthetic 3×224×224 tensors (dataset=synthetic)", f"{f['synthetic_samples_per_s']:,.0f} img/s", "1"],
+            [f"{f['jpegs']:,} generated JPEGs, random-resized-crop 224 + flip, {f['workers']} DataLoader workers "
+             "(dataset=image_folder)", f"{f['jpeg_samples_per_s']:,.0f} img/s", f"**{f['jpeg_over_synthetic']:.2f}**"]]
+    return markdown_table([setting, "training throughput", "of synthetic"], "lrr", body)
+
+
+def image_folder_gpu_quotes(result: dict) -> list[str]:
+    """The prose after the JPEG-folder table: the ratio it quotes."""
+    return [f"{result['image_folder']['jpeg_over_synthetic']:.2f} of the synthetic figure"]
+
 # --- inference batch size (benchmarks/inference.py, ddtrain-bench inference) ----------------------------------
 
 INFERENCE_RUNTIMES = ("eager", "compile", "onnxruntime")

@@ -64,7 +64,7 @@ $PY -m ddtrain.train "${timed[@]}" dataset=image_folder "dataset.root=$work/jpeg
     "dataset.resize_size=$(( CROP * 8 / 7 ))" "dataset.num_workers=$WORKERS" dataset.prefetch_factor=4 \
     "hydra.run.dir=$work/from-jpegs" 2>&1 | tail -8 | tee -a "$work/jpeg.log"
 
-$PY - "$work" "$OUT" <<'EOF'
+$PY - "$work" "$OUT" "$JPEGS" "$WORKERS" <<'EOF'
 import json, pathlib, sys, time, xml.etree.ElementTree as ET
 import torch
 work = pathlib.Path(sys.argv[1])
@@ -87,6 +87,7 @@ if all(p.exists() for p in runs.values()):
         "model": s["jpegs"]["model"], "global_batch_size": s["jpegs"]["global_batch_size"],
         "precision": s["jpegs"]["precision"], "channels_last": s["jpegs"]["channels_last"],
         "input": "generated JPEGs, random-resized-crop + flip, decoded by DataLoader workers",
+        "jpegs": int(sys.argv[3]), "workers": int(sys.argv[4]),
         "synthetic_samples_per_s": s["synthetic"]["samples_per_s"], "jpeg_samples_per_s": s["jpegs"]["samples_per_s"],
         "jpeg_over_synthetic": (s["jpegs"]["samples_per_s"] or 0) / (s["synthetic"]["samples_per_s"] or float("nan")),
         "summaries": s}

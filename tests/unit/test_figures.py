@@ -271,6 +271,17 @@ def test_gpu_table_gives_mfu_against_the_peak_it_was_taken_from():
     assert ft.gpu_check(result).splitlines()[2].endswith("| 0.998 | — |")
 
 
+def test_jpeg_folder_table_gives_its_ratio_to_synthetic_data():
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "image_folder": {
+        "model": "resnet50", "global_batch_size": 256, "precision": "bf16", "channels_last": True, "jpegs": 10240,
+        "workers": 14, "synthetic_samples_per_s": 4000.0, "jpeg_samples_per_s": 3000.0, "jpeg_over_synthetic": 0.75}}
+    lines = ft.image_folder_gpu(result).splitlines()
+    assert lines[0] == ("| ResNet-50, batch 256, bf16, channels_last, one NVIDIA H100 80GB HBM3 | training throughput "
+                        "| of synthetic |")
+    assert lines[3] == ("| 10,240 generated JPEGs, random-resized-crop 224 + flip, 14 DataLoader workers "
+                        "(dataset=image_folder) | 3,000 img/s | **0.75** |")
+    assert ft.image_folder_gpu_quotes(result) == ["0.75 of the synthetic figure"]
+
 def test_mnist1d_table_gives_mean_min_and_each_seed():
     rows = [{"model": "cnn1d", "ranks": 2, "seeds": [0, 1], "test_accuracy": [0.946, 0.953], "mean": 0.9498,
              "min": 0.946, "published": 0.94}]
