@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from ddtrain.errors import EXIT_USER
-from helpers.rankrun import kill_all, start_ranks
+from helpers.rankrun import kill_all, run_ranks, start_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -25,11 +25,7 @@ RUN = ["model=mlp", "model.hidden_sizes=[64,64]", "model.dropout=0.2", "dataset=
 def full(tmp_path_factory, mnist1d_cache):
     """The uninterrupted 2-rank run: its run directory (checkpoints at steps 10, 20, 30)."""
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    ranks = start_ranks(RUN, run_dir, mnist1d_cache)
-    try:
-        assert [r.wait(240) for r in ranks] == [0, 0], ranks[0].output() + ranks[1].output()
-    finally:
-        kill_all(ranks)
+    run_ranks(RUN, run_dir, mnist1d_cache)
     return run_dir
 
 
@@ -46,11 +42,7 @@ def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(full, tmp_path,
     run_dir = interrupted(full, tmp_path / "run", (10, 20))
     newest = run_dir / "checkpoints" / "step_00000020.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
-    ranks = start_ranks([*RUN, "checkpoint.resume=auto"], run_dir, mnist1d_cache)
-    try:
-        assert [r.wait(240) for r in ranks] == [0, 0], ranks[0].output() + ranks[1].output()
-    finally:
-        kill_all(ranks)
+    ranks = run_ranks([*RUN, "checkpoint.resume=auto"], run_dir, mnist1d_cache)
     summary = json.loads((run_dir / "summary.json").read_text())
     expected = json.loads((full / "summary.json").read_text())
     assert summary["resumed_from"] == str(run_dir / "checkpoints" / "step_00000010.pt")

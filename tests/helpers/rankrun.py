@@ -77,6 +77,16 @@ def kill_all(ranks: list[Rank]) -> None:
         r.kill()
 
 
+def run_ranks(overrides: list[str], run_dir: Path, cache: Path, timeout: float = 240) -> list[Rank]:
+    """Start 2 ranks, assert both exit 0 (else fail with their output), and return them (for their output)."""
+    ranks = start_ranks(overrides, run_dir, cache)
+    try:
+        assert [r.wait(timeout) for r in ranks] == [0, 0], ranks[0].output() + ranks[1].output()
+    finally:
+        kill_all(ranks)
+    return ranks
+
+
 def wait_for(path: Path, ranks: list[Rank], timeout: float = 120) -> None:
     """Wait until `path` exists (e.g. a checkpoint), failing early when a rank ends first."""
     deadline = time.monotonic() + timeout
