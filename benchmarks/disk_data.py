@@ -117,7 +117,7 @@ def write_jpegs(out: Path, images: int, size: int, classes: int = 100) -> None:
 
 def train_run(kind: str, root: Path, steps: int, warmup: int, workers: int, run_dir: Path) -> float:
     """Steady-state samples/s of one 2-rank ddtrain-train run on the disk or in-memory copy of the data."""
-    data = ([f"dataset=image_folder", f"dataset.root={root / 'images'}", "dataset.channels=1",
+    data = (["dataset=image_folder", f"dataset.root={root / 'images'}", "dataset.channels=1",
              f"dataset.mean=[{MNIST_MEAN}]", f"dataset.std=[{MNIST_STD}]", f"dataset.num_workers={workers}"]
             if kind == "disk" else ["dataset=mnist", f"dataset.root={root / 'idx'}", "dataset.val_fraction=0"])
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")

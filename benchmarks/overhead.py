@@ -69,11 +69,12 @@ def launch(world: int, program: list[str], python: bool) -> list[str]:
             "--master-port", str(free_port())] + ([] if python else ["--no-python"]) + program
 
 
-def env_for(world: int) -> dict:
-    """The same thread settings for both programs: each rank gets cores // world intra-op threads."""
+def env_for(world: int, threads: int | None = None) -> dict:
+    """The same thread settings for both programs: each rank gets `threads` intra-op threads (default
+    cores // world)."""
     env = dict(os.environ)
     cores = len(os.sched_getaffinity(0))
-    threads = str(max(1, cores // world))
+    threads = str(threads or max(1, cores // world))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONWARNINGS="ignore")
     env.pop("DDTRAIN_TRACEBACK", None)
     return env
@@ -92,11 +93,12 @@ def ddtrain_overrides(model: str, steps: int, warmup: int, run_dir: Path) -> lis
     ]
 
 
-def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str) -> dict:
+def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str,
+                threads: int | None = None) -> dict:
     run_dir = workdir / f"ddtrain-{tag}"
     overrides = ddtrain_overrides(model, steps, warmup, run_dir)
     cmd = launch(world, [executable("ddtrain-train")] + overrides, python=False)
-    _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
+    _check(subprocess.run(cmd, env=env_for(world, threads), cwd=workdir, capture_output=True, text=True), cmd)
     summary = json.loads((run_dir / "summary.json").read_text())
     intervals = summary.get("steady_intervals")
     if intervals not in (None, 1):  # train.log_every is huge: warm-up end and last step are the only sync points
@@ -106,14 +108,15 @@ def run_ddtrain(model: str, world: int, steps: int, warmup: int, workdir: Path, 
             "final_loss": summary["final_train_loss"]}
 
 
-def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str, extra=()) -> dict:
+def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag: str, extra=(),
+             threads: int | None = None) -> dict:
     out = workdir / f"hand-{tag}.json"
     args = MODELS[model][1] + [
         "--num-samples", str(NUM_SAMPLES), "--num-test-samples", str(NUM_TEST),
         "--global-batch-size", str(GLOBAL_BATCH), "--warmup-steps", str(warmup), "--steps", str(steps),
         "--lr", str(LR), "--seed", str(SEED), "--out", str(out), *extra]
     cmd = launch(world, [str(HERE / "handloop.py")] + args, python=True)
-    _check(subprocess.run(cmd, env=env_for(world), cwd=workdir, capture_output=True, text=True), cmd)
+    _check(subprocess.run(cmd, env=env_for(world, threads), cwd=workdir, capture_output=True, text=True), cmd)
     r = json.loads(out.read_text())
     return {k: r[k] for k in ("samples_per_s", "step_time_ms_median", "cpu_ms_per_step", "world_size", "final_loss")}
 
@@ -133,6 +136,9 @@ def main() -> None:
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every case's timed steps")
     p.add_argument("--hand-args", default="",
                    help="extra handloop.py flags, e.g. --hand-args='--bucket-view --gather getitem'")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per rank for both programs (default: cores // world size); 1 keeps "
+                        "OpenMP's spin-waiting out of the CPU-time figure")
     p.add_argument("--out", type=Path, help="where the table goes as JSON (default: results/overhead-cpu.json for "
                    "every case at full length, else outputs/benchmarks/overhead-cpu.json)")
     a = p.parse_args()
@@ -158,8 +164,9 @@ def main() -> None:
                 got = {}
                 for who in order:
                     tag = f"{model}-{world}-{r}"
-                    got[who] = (run_ddtrain(model, world, steps, warmup, workdir, tag) if who == "ddtrain" else
-                                run_hand(model, world, steps, warmup, workdir, tag, a.hand_args.split()))
+                    got[who] = (run_ddtrain(model, world, steps, warmup, workdir, tag, a.threads)
+                                if who == "ddtrain" else
+                                run_hand(model, world, steps, warmup, workdir, tag, a.hand_args.split(), a.threads))
                 ratio = got["ddtrain"]["samples_per_s"] / got["hand"]["samples_per_s"]
                 step_ratio = got["hand"]["step_time_ms_median"] / got["ddtrain"]["step_time_ms_median"]
                 cpu_ratio = got["hand"]["cpu_ms_per_step"] / got["ddtrain"]["cpu_ms_per_step"]
@@ -204,7 +211,7 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s in all; load average now {os.getloadavg()[0]:.2f}")
     result = {"target": 0.99, "worst_ratio": worst, "worst_cpu_ratio": worst_cpu, "cpu_count": cores,
               "load_average_at_start": load,
-              "hand_args": a.hand_args,
+              "hand_args": a.hand_args, "threads_per_rank": a.threads or "cores // world size",
               "rows": rows}
     out = a.out or default_out("overhead-cpu.json", recorded=not (a.quick or a.cases or a.hand_args
                                                                     or a.steps_scale != 1.0))

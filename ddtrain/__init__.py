@@ -29,7 +29,7 @@ def fit(config=None, run_dir=None) -> dict:
     from omegaconf import DictConfig, OmegaConf
 
     from ddtrain.compose import compose
-    from ddtrain.config import validate
+    from ddtrain.validation import validate
     from ddtrain.distributed.session import Session
     from ddtrain.errors import UserError
     from ddtrain.runtime.run import run

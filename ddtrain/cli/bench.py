@@ -26,7 +26,7 @@ from ddtrain.errors import UserError
 def throughput_main(argv: list[str]) -> dict:
     """ddtrain-bench throughput: ddtrain's steady-state samples/s and the hand-written loop's, side by side."""
     from ddtrain.compose import compose
-    from ddtrain.config import validate
+    from ddtrain.validation import validate
     from ddtrain.distributed.session import Session
     from ddtrain.perf import throughput
 

@@ -67,7 +67,7 @@ def preflight(config_name: str, args: list[str], world_size: int, extra_check=No
     from omegaconf import OmegaConf
 
     from ddtrain.compose import compose
-    from ddtrain.config import validate
+    from ddtrain.validation import validate
     from ddtrain.distributed.engines import check_installed
 
     refuse_unsupported(args, world_size)

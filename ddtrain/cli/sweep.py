@@ -6,7 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from ddtrain.cli import common
-from ddtrain.config import config_dir, register_configs, validate
+from ddtrain.config import config_dir, register_configs
+from ddtrain.validation import validate
 
 register_configs()
 

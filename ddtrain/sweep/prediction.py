@@ -112,7 +112,7 @@ def report_lines(p: dict) -> list[str]:
                      + f" | {_f(t and 1000 * t[0], '.2f')} | "
                      + (f"{tt[0]:.2f} ({tt[1]:.2f}–{tt[2]:.2f})" if tt else "—")
                      + f" | {e['lr']:.3g} | {e['rule_lr']:.3g} | {fate} |")
-    lines += ["", f"- **Predicted sweet spot:** " + (f"batch size {spot['batch_size']} "
+    lines += ["", "- **Predicted sweet spot:** " + (f"batch size {spot['batch_size']} "
               f"({spot['time_to_target_s'][0]:.2f} s, {spot['time_to_target_s'][1]:.2f}–{spot['time_to_target_s'][2]:.2f})"
               + (f"; cannot be told apart from {', '.join(map(str, spot['tied']))}" if spot["tied"] else "")
               if spot else "none"),

@@ -10,7 +10,6 @@ differs by 1e-5 after 2 steps and 2e-4 after 3 at lr 0.02; at lr 0.002 the synch
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import assert_same_model
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ddtrain.compose import compose
-from ddtrain.config import validate
+from ddtrain.validation import validate
 from ddtrain.data.augment import (Transform, apply_pil, apply_tensor, draft_size, from_config, sample_generator,
                                   to_model_input)
 from ddtrain.errors import UserError

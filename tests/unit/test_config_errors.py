@@ -8,7 +8,8 @@ import pytest
 from ddtrain.cli import jobs
 from ddtrain.cli.help import applies_to, help_text
 from ddtrain.compose import compose
-from ddtrain.config import config_dir, validate
+from ddtrain.config import config_dir
+from ddtrain.validation import validate
 from ddtrain.errors import UserError
 
 MESSAGES = {

@@ -20,7 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from helpers.images import write_image_folder
 
-from ddtrain.config import DATASETS, MODELS, OPTIMIZERS, SCHEDULES, config_dir, register_configs, validate
+from ddtrain.config import DATASETS, MODELS, OPTIMIZERS, SCHEDULES, config_dir, register_configs
+from ddtrain.validation import validate
 
 GROUPS = ("model", "dataset", "optimizer", "schedule")
 SUPPORTED = {"model": MODELS, "dataset": DATASETS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}

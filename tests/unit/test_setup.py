@@ -6,7 +6,6 @@ fake torch from the sources the test says are reachable) and a fake `torch`."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ddtrain.compose import compose
-from ddtrain.config import validate
+from ddtrain.validation import validate
 from ddtrain.distributed import syncbn
 from ddtrain.errors import UserError
 from ddtrain.models.resnet import resnet20

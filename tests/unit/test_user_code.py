@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 import ddtrain
 from ddtrain.compose import compose
-from ddtrain.config import validate
+from ddtrain.validation import validate
 from ddtrain.errors import UserError
 from ddtrain.models import build_model
 from ddtrain.runtime.loss import build_loss
