@@ -85,6 +85,7 @@ def overhead(result: dict) -> str:
     """
     rows = result["rows"]
     with_cpu = all("cpu_ratio" in r for r in rows)
+    with_cost = all("cost_ratio" in r for r in rows)
     repeats = _same([r["repeats"] for r in rows], "repeats")
     header = ["case", "ranks", "ddtrain samples/s", "hand-written samples/s",
               f"ratio (median of {repeats} ABBA pairs)", "spread of pairs"]
@@ -93,6 +94,9 @@ def overhead(result: dict) -> str:
         header += ["ddtrain CPU ms/step", "hand-written CPU ms/step", "CPU-time ratio (hand / ddtrain)",
                    "spread of pairs"]
         align += "rrrl"
+    if with_cost:
+        header += ["ddtrain's extra ms/step (tiny model)", "per-step-cost ratio"]
+        align += "rr"
     body = []
     for r in rows:
         cells = [f"{CORE_MODELS.get(r['case'], r['case'])}, batch {r['global_batch_size']}", str(r["world_size"]),
@@ -101,12 +105,17 @@ def overhead(result: dict) -> str:
         if with_cpu:
             cells += [f"{r['ddtrain_cpu_ms_per_step']:.2f}", f"{r['hand_cpu_ms_per_step']:.2f}",
                       f"**{r['cpu_ratio']:.3f}**", f"{r['cpu_ratio_min']:.3f}–{r['cpu_ratio_max']:.3f}"]
+        if with_cost:
+            cells += [f"{r['extra_ms_per_step']:.3f} ({r['extra_ms_min']:.3f}–{r['extra_ms_max']:.3f})",
+                      f"**{r['cost_ratio']:.4f}**"]
         body.append(cells)
     loads = [p["load_average"] for r in rows for p in r.get("pairs", []) if "load_average" in p]
     loads = loads or [result["load_average_at_start"]]
     worst = f"worst median ratio {result['worst_ratio']:.3f}"
     if with_cpu:
         worst += f", worst median CPU-time ratio {result['worst_cpu_ratio']:.3f}"
+    if with_cost:
+        worst += f", worst per-step-cost ratio {result['worst_cost_ratio']:.4f}"
     caption = (f"Measured on the {result['cpu_count']}-core CPU machine with load average "
                f"{min(loads):.1f}–{max(loads):.1f} from other work; {worst} (target ≥ {result['target']}).")
     return markdown_table(header, align, body) + "\n\n" + paragraph(caption)

@@ -21,17 +21,16 @@ class SumMeter:
 
     def __init__(self, device: torch.device, accuracy: bool = True):
         self.totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, correct
+        self._loss_sum, self._correct = self.totals[0], self.totals[1]  # views: add() updates totals in place
         self.count = 0  # known on the host: keeping it there avoids a host-to-device copy per step
         self.accuracy = accuracy
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add a batch (of len(labels) samples) whose mean loss is `loss`; no host synchronisation."""
         n = len(labels)
+        self._loss_sum.add_(loss, alpha=n)  # two in-place ops instead of a stacked copy: this runs every step
         if self.accuracy:
-            correct = (logits.argmax(dim=1) == labels).sum()
-            self.totals += torch.stack([loss.double() * n, correct.double()])
-        else:
-            self.totals[0] += loss.double() * n
+            self._correct.add_((logits.argmax(dim=1) == labels).sum())
         self.count += n
 
     def reduce(self, dist) -> dict:

@@ -181,6 +181,19 @@ def test_overhead_table_adds_cpu_time_columns_when_recorded():
     assert "worst median CPU-time ratio 0.993 (target ≥ 0.99)" in " ".join(text.split())
 
 
+
+def test_overhead_table_adds_the_per_step_cost_when_recorded():
+    rows = [_overhead_row("mlp", 1, 0.985, cpu=0.993), _overhead_row("lenet5", 1, 1.0, cpu=1.001)]
+    for row in rows:
+        row.update(extra_ms_per_step=0.12, extra_ms_min=0.1, extra_ms_max=0.2,
+                   cost_ratio=10.0 / (10.0 + 0.12))
+    result = {"target": 0.99, "worst_ratio": 0.985, "worst_cpu_ratio": 0.993, "worst_cost_ratio": 10.0 / 10.12,
+              "cpu_count": 2, "load_average_at_start": 0.2, "rows": rows}
+    text = ft.overhead(result)
+    assert text.splitlines()[0].endswith("| ddtrain's extra ms/step (tiny model) | per-step-cost ratio |")
+    assert text.splitlines()[2].endswith("| 0.120 (0.100–0.200) | **0.9881** |")
+    assert "worst per-step-cost ratio 0.9881 (target ≥ 0.99)" in " ".join(text.split())
+
 def _engines_result():
     def summary(ddp, horovod, mpi):
         return {"summary": {e: {"samples_per_s": 128e3 / ms, "step_time_ms": ms}

@@ -154,6 +154,27 @@ def test_weight_decay_groups_exclude_1d_params(name):
         assert decay["lars"] is True and no_decay["lars"] is False
 
 
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_without_weight_decay_one_group_makes_the_same_update(name):
+    """No weight decay: one group "all" (half the optimizer's per-step Python), the same parameters as
+    the two groups give after a few steps."""
+    one, two = _model(), _model()  # the same weights
+    opt = build_optimizer(one, OptimizerConfig(name=name, weight_decay=0.0), lr=0.1)
+    assert [g["name"] for g in opt.param_groups] == ["all"]
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in one.parameters()}
+    ref = type(opt)([{"params": [p for p in two.parameters() if p.ndim > 1], "weight_decay": 0.0},
+                     {"params": [p for p in two.parameters() if p.ndim <= 1], "weight_decay": 0.0}],
+                    **{k: v for k, v in opt.defaults.items() if k != "decoupled_weight_decay"})
+    x = torch.randn(16, 2, 8)
+    for _ in range(3):
+        for model, o in ((one, opt), (two, ref)):
+            o.zero_grad()
+            model(x).square().mean().backward()
+            o.step()
+    for a, b in zip(one.parameters(), two.parameters()):
+        assert torch.equal(a, b)
+
 def test_optimizer_types_and_hyperparameters():
     model = nn.Linear(3, 2)
     sgd = build_optimizer(model, OptimizerConfig(name="sgd", momentum=0.8, nesterov=True), lr=0.1)
