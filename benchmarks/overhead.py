@@ -224,7 +224,9 @@ def main() -> None:
                 "cpu_ratio_max": max(pp["cpu_ratio"] for pp in pairs),
                 "pairs": pairs,
             })
-        extra = {w: extra_cost_ms(w, warmup, repeats, workdir, a.threads) for w in sorted({w for _, w in cases})}
+        # at least 5 pairs: a tiny step is short, and at 2 ranks mostly gloo's latency, which varies
+        extra = {w: extra_cost_ms(w, warmup, max(repeats, 5), workdir, a.threads)
+                 for w in sorted({w for _, w in cases})}
         for row in rows:
             row.update(extra[row["world_size"]])
             # the hand loop's step with ddtrain's own per-step cost added
