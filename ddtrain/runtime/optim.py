@@ -251,6 +251,17 @@ class _LambdaLR(LambdaLR):
     def load_state_dict(self, state_dict):
         """Restore the scheduler and re-derive each group's LR for the restored step."""
         super().load_state_dict(state_dict)
+        self._set_lrs()
+
+    def step(self, epoch=None):
+        """LambdaLR's step (LR = base_lr * lr_lambda(step)) without torch's generic path, which costs
+        about 30 us on every training step; the optimizer step comes first, as in the trainer."""
+        if epoch is not None:
+            return super().step(epoch)
+        self.last_epoch += 1
+        self._set_lrs()
+
+    def _set_lrs(self) -> None:
         for group, base_lr, fn in zip(self.optimizer.param_groups, self.base_lrs, self.lr_lambdas):
             group["lr"] = base_lr * fn(self.last_epoch)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

@@ -322,3 +322,21 @@ def test_resume_is_exact(name, order):
     for a, b in zip(straight[0].state_dict().values(), model2.state_dict().values()):
         assert torch.equal(a, b)
     assert [g["lr"] for g in straight[1].param_groups] == [g["lr"] for g in opt2.param_groups]
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "step"])
+def test_scheduler_steps_as_torchs_lambda_lr(name):
+    """The scheduler's own step() gives the learning rates torch's LambdaLR gives for the same lambda."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    cfg = ScheduleConfig(name=name, warmup_epochs=2.0, milestones=[0.5, 0.75])
+    ours_opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.4)
+    theirs_opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.4)
+    ours = build_scheduler(ours_opt, cfg, total_steps=40, steps_per_epoch=5, warmup_start_factor=0.1)
+    theirs = LambdaLR(theirs_opt, lr_lambda=ours.lr_lambdas[0])
+    for _ in range(45):
+        ours_opt.step(), theirs_opt.step()
+        ours.step(), theirs.step()
+        assert ours.get_last_lr() == theirs.get_last_lr()
+        assert ours_opt.param_groups[0]["lr"] == theirs_opt.param_groups[0]["lr"]
+    assert ours.last_epoch == theirs.last_epoch == 45
