@@ -29,10 +29,10 @@ def fit(config=None, run_dir=None) -> dict:
     from omegaconf import DictConfig, OmegaConf
 
     from ddtrain.compose import compose
-    from ddtrain.validation import validate
     from ddtrain.distributed.session import Session
     from ddtrain.errors import UserError
     from ddtrain.runtime.run import run
+    from ddtrain.validation import validate
 
     if config is None or isinstance(config, (list, tuple)):
         cfg = compose("train", [str(o) for o in config or []])

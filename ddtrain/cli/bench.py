@@ -26,9 +26,9 @@ from ddtrain.errors import UserError
 def throughput_main(argv: list[str]) -> dict:
     """ddtrain-bench throughput: ddtrain's steady-state samples/s and the hand-written loop's, side by side."""
     from ddtrain.compose import compose
-    from ddtrain.validation import validate
     from ddtrain.distributed.session import Session
     from ddtrain.perf import throughput
+    from ddtrain.validation import validate
 
     parser = argparse.ArgumentParser(prog="ddtrain-bench throughput", description=throughput.__doc__.split("\n\n")[1])
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing starts (compilation, autotuning)")

@@ -67,8 +67,8 @@ def preflight(config_name: str, args: list[str], world_size: int, extra_check=No
     from omegaconf import OmegaConf
 
     from ddtrain.compose import compose
-    from ddtrain.validation import validate
     from ddtrain.distributed.engines import check_installed
+    from ddtrain.validation import validate
 
     refuse_unsupported(args, world_size)
     jobs = job_overrides(args)

@@ -168,7 +168,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def from_config(cfg, which: str) -> Transform:
-    """The Transform of dataset.augment (which="augment") or dataset.eval_transform (checked by ddtrain.validation.validate)."""
+    """The Transform of dataset.augment (which="augment") or dataset.eval_transform (checked by validation.py)."""
     return Transform(tuple(str(op) for op in (cfg.get(which) or ())), int(cfg.crop_size), int(cfg.resize_size),
                      int(cfg.pad), tuple(float(v) for v in cfg.crop_scale), tuple(float(v) for v in cfg.crop_ratio))
 

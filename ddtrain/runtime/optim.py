@@ -127,10 +127,10 @@ def _require(ok: bool, key: str, value, expected: str) -> None:
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     """The optimizer cfg.name (sgd, adam, adamw, lars) over model's trainable parameters at learning rate lr.
 
-    Two parameter groups, always in this order: "decay" (parameters with 2+ dims, weight
-    decay and LARS adaptation) and "no_decay" (1-D parameters: no weight decay, no LARS); without
-    weight decay, sgd, adam and adamw get one group "all" instead (the same update, and half the
-    optimizer's Python per step). With cfg._target_ set, the user's optimizer class (target_optimizer).
+    Two parameter groups in this order: "decay" (parameters with 2+ dims, weight decay and LARS
+    adaptation) and "no_decay" (1-D parameters: no weight decay, no LARS). Without weight decay,
+    sgd, adam and adamw get one group "all" instead: the same update, and half the optimizer's
+    Python per step. With cfg._target_ set, the user's optimizer class (target_optimizer).
     """
     if getattr(cfg, "_target_", None):
         return target_optimizer(model, cfg, lr)
@@ -148,9 +148,9 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     decay, no_decay = _param_groups(model)
     if not decay and not no_decay:
         raise UserError("the model has no trainable parameters to optimize")
-    # Both groups exist (even if empty) so the optimizer state has the same layout for every model,
-    # which keeps checkpoints and logging simple; without weight decay (and LARS) the split changes
-    # nothing, and each group costs the optimizer's whole Python path once more per step
+    # Both groups exist (even if empty) so the optimizer state has the same layout for every model of
+    # a configuration; without weight decay (and LARS) the split changes nothing and each group would
+    # cost the optimizer's whole Python path once more per step
     groups = [
         {"name": "decay", "params": decay, "weight_decay": weight_decay},
         {"name": "no_decay", "params": no_decay, "weight_decay": 0.0},
