@@ -16,7 +16,7 @@ from conftest import BIN, FAST, base_env, free_port
 from ddtrain.distributed import failure
 from ddtrain.distributed.failure import Job
 from ddtrain.errors import EXIT_FAILED, EXIT_PEER
-from helpers.rankrun import kill_all, start_ranks
+from helpers.rankrun import finish, start_ranks
 
 TIMEOUT_S = 10  # dist.timeout_s of these runs
 RUN = ["model=mlp", "train.max_steps=30", "train.global_batch_size=64", "train.eval_every=0",
@@ -102,10 +102,7 @@ def test_nan_on_one_rank_stops_every_rank_with_its_message(tmp_path, mnist1d_cac
     run_dir = tmp_path / "run"
     ranks = start_ranks([*RUN, "train.stop_on_nan=true"], run_dir, mnist1d_cache,
                         env_per_rank={1: {"DDTRAIN_INJECT_FAULT": "1:10:nan"}})
-    try:
-        codes = [r.wait(timeout=180) for r in ranks]
-    finally:
-        kill_all(ranks)
+    codes = finish(ranks, 180)
     out = ranks[0].output() + ranks[1].output()
     assert codes == [EXIT_PEER, EXIT_FAILED], out
     expected = ("rank 1 failed: NonFiniteLoss: loss is nan at step 10 on rank 1's batch (train.stop_on_nan=true); "
@@ -125,10 +122,7 @@ def test_own_error_inside_a_collective_is_not_a_lost_rank(tmp_path, mnist1d_cach
     """Rank 1's own Gloo error (a bad collective call): it exits 1 with that error; rank 0 names rank 1's failure."""
     run_dir = tmp_path / "run"
     ranks = start_ranks(RUN, run_dir, mnist1d_cache, env_per_rank={1: {"DDTRAIN_INJECT_FAULT": "1:10:collective"}})
-    try:
-        codes = [r.wait(timeout=180) for r in ranks]
-    finally:
-        kill_all(ranks)
+    codes = finish(ranks, 180)
     out = ranks[0].output() + ranks[1].output()
     assert codes == [EXIT_PEER, EXIT_FAILED], out
     expected = "rank 1 failed: RuntimeError: ProcessGroupGloo::allreduce: unsupported reduction operation"
@@ -141,10 +135,7 @@ def test_own_error_inside_a_collective_is_not_a_lost_rank(tmp_path, mnist1d_cach
 def test_killed_rank_survivor_names_it(tmp_path, mnist1d_cache):
     run_dir = tmp_path / "run"
     ranks = start_ranks(RUN, run_dir, mnist1d_cache, env_per_rank={1: {"DDTRAIN_INJECT_FAULT": "1:10:kill"}})
-    try:
-        codes = [r.wait(timeout=180) for r in ranks]
-    finally:
-        kill_all(ranks)
+    codes = finish(ranks, 180)
     assert codes == [EXIT_PEER, -9], ranks[0].output()
     line = ranks[0].error_lines()
     assert len(line) == 1 and "[rank 0/2] lost rank 1 (host " in line[0] and "Connection" in line[0], line

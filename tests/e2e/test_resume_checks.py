@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from ddtrain.errors import EXIT_USER
-from helpers.rankrun import kill_all, run_ranks, start_ranks
+from helpers.rankrun import finish, run_ranks, start_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,7 @@ def test_a_rank_without_the_shared_file_system_gets_one_line(full, tmp_path, mni
         return ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs none {run_dir} && exec "$@"', "sh", *argv]
 
     ranks = start_ranks([*RUN, "checkpoint.resume=auto"], run_dir, mnist1d_cache, wrap=private)
-    try:
-        codes = [r.wait(240) for r in ranks]
-    finally:
-        kill_all(ranks)
+    codes = finish(ranks, 240)
     out = ranks[0].output() + ranks[1].output()
     assert codes == [EXIT_USER, EXIT_USER], out
     expected = (f"ddtrain: error: rank(s) 1 of 2 cannot read the checkpoint {run_dir / 'checkpoints' / 'step_00000010.pt'}"

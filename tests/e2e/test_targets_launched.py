@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, EQUIV, FAST, assert_same_model, base_env
-from helpers.rankrun import kill_all, start_ranks
+from helpers.rankrun import finish, start_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -66,10 +66,7 @@ def test_regression_with_an_mse_target_under_torchrun_equals_one_process(launch,
 def test_bad_target_is_one_line_exit_2_on_every_rank(mnist1d_cache, tmp_path, overrides, needle):
     beside(tmp_path)  # start_ranks runs them in run_dir's parent
     ranks = start_ranks(overrides, tmp_path / "run", mnist1d_cache)
-    try:
-        codes = [r.wait(180) for r in ranks]
-    finally:
-        kill_all(ranks)
+    codes = finish(ranks, 180)
     assert codes == [2, 2], [r.output() for r in ranks]
     lines = [r.error_lines() for r in ranks]
     assert all(len(found) == 1 for found in lines), lines

@@ -20,7 +20,7 @@ from helpers import netns
 from ddtrain.distributed.failure import PEER_REPORT_WAIT_S
 from ddtrain.errors import EXIT_PEER
 from helpers.mpi_hosts import MpiHosts
-from helpers.rankrun import kill_all, start_ranks, wait_for
+from helpers.rankrun import finish, kill_all, start_ranks, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,13 +43,6 @@ def across(net, run_dir, cache, overrides=(), env_per_rank=None):
     env = {r: {"GLOO_SOCKET_IFNAME": h.ifname, **(env_per_rank or {}).get(r, {})} for r, h in enumerate(net.hosts)}
     return start_ranks([*RUN, *overrides], run_dir, cache, master_addr=net.hosts[0].addr,
                        wrap=lambda r, argv: net.hosts[r].cmd(argv), env_per_rank=env)
-
-
-def finish(ranks, timeout=180):
-    try:
-        return [r.wait(timeout) for r in ranks]
-    finally:
-        kill_all(ranks)
 
 
 @pytest.fixture(scope="module")

@@ -77,13 +77,18 @@ def kill_all(ranks: list[Rank]) -> None:
         r.kill()
 
 
+def finish(ranks: list[Rank], timeout: float = 180) -> list[int]:
+    """Wait for every rank and return their exit codes; SIGKILL whatever is still running in the end."""
+    try:
+        return [r.wait(timeout) for r in ranks]
+    finally:
+        kill_all(ranks)
+
+
 def run_ranks(overrides: list[str], run_dir: Path, cache: Path, timeout: float = 240) -> list[Rank]:
     """Start 2 ranks, assert both exit 0 (else fail with their output), and return them (for their output)."""
     ranks = start_ranks(overrides, run_dir, cache)
-    try:
-        assert [r.wait(timeout) for r in ranks] == [0, 0], ranks[0].output() + ranks[1].output()
-    finally:
-        kill_all(ranks)
+    assert finish(ranks, timeout) == [0, 0], ranks[0].output() + ranks[1].output()
     return ranks
 
 
