@@ -133,6 +133,18 @@ def run_hand(model: str, world: int, steps: int, warmup: int, workdir: Path, tag
 
 
 
+def abba_pair(r: int, model: str, world: int, steps: int, warmup: int, workdir: Path, threads: int | None,
+              hand_extra=()) -> tuple[tuple[str, str], dict]:
+    """Repeat r of a case: both programs, ddtrain first on even repeats and the hand loop first on odd ones
+    (ABBA); returns the order and {"ddtrain": ..., "hand": ...}."""
+    order = ("ddtrain", "hand") if r % 2 == 0 else ("hand", "ddtrain")
+    tag, got = f"{model}-{world}-{r}", {}
+    for who in order:
+        got[who] = (run_ddtrain(model, world, steps, warmup, workdir, tag, threads) if who == "ddtrain" else
+                    run_hand(model, world, steps, warmup, workdir, tag, hand_extra, threads))
+    return order, got
+
+
 def extra_cost_ms(world: int, warmup: int, repeats: int, workdir: Path, threads: int | None) -> dict:
     """ddtrain's per-step cost beyond the hand loop's, in ms: on the tiny model (one 8x10 linear layer, so a
     step is mostly each program's own per-step work), the median over ABBA pairs of the difference of the
@@ -140,12 +152,7 @@ def extra_cost_ms(world: int, warmup: int, repeats: int, workdir: Path, threads:
     that stretches every step by a few percent moves by microseconds only."""
     diffs = []
     for r in range(repeats):
-        got = {}
-        for who in (("ddtrain", "hand") if r % 2 == 0 else ("hand", "ddtrain")):
-            tag = f"tiny-{world}-{r}"
-            got[who] = (run_ddtrain("tiny", world, STEPS["tiny", world], warmup, workdir, tag, threads)
-                        if who == "ddtrain" else run_hand("tiny", world, STEPS["tiny", world], warmup, workdir, tag,
-                                                          threads=threads))
+        _, got = abba_pair(r, "tiny", world, STEPS["tiny", world], warmup, workdir, threads)
         diffs.append(got["ddtrain"]["step_time_ms_median"] - got["hand"]["step_time_ms_median"])
         print(f"  tiny   world {world} repeat {r}: step ms ddtrain {got['ddtrain']['step_time_ms_median']:.3f} "
               f"hand {got['hand']['step_time_ms_median']:.3f}", flush=True)
@@ -191,13 +198,7 @@ def main() -> None:
             steps = max(20, round(STEPS[(model, world)] * scale))
             pairs = []
             for r in range(repeats):
-                order = ("ddtrain", "hand") if r % 2 == 0 else ("hand", "ddtrain")
-                got = {}
-                for who in order:
-                    tag = f"{model}-{world}-{r}"
-                    got[who] = (run_ddtrain(model, world, steps, warmup, workdir, tag, a.threads)
-                                if who == "ddtrain" else
-                                run_hand(model, world, steps, warmup, workdir, tag, a.hand_args.split(), a.threads))
+                order, got = abba_pair(r, model, world, steps, warmup, workdir, a.threads, a.hand_args.split())
                 ratio = got["ddtrain"]["samples_per_s"] / got["hand"]["samples_per_s"]
                 step_ratio = got["hand"]["step_time_ms_median"] / got["ddtrain"]["step_time_ms_median"]
                 cpu_ratio = got["hand"]["cpu_ms_per_step"] / got["ddtrain"]["cpu_ms_per_step"]
